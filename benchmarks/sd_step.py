@@ -24,7 +24,9 @@ from torch import nn
 from sd_tune import apply_stochastic_depth, build_model
 
 # name -> (arch, image size, batch size)
-MODELS = {"resnet50": ("resnet50", 64, 32), "cifar_resnet110": ("cifar_resnet110", 32, 64)}
+MODELS = {"resnet50": ("resnet50", 64, 32), "cifar_resnet110": ("cifar_resnet110", 32, 64),
+          "resnet50_128": ("resnet50", 128, 32)}
+DEFAULT_MODELS = ["resnet50", "cifar_resnet110"]
 # name -> apply_stochastic_depth keyword arguments (None: the plain model)
 CONFIGS: dict[str, dict | None] = {
     "plain": None,
@@ -79,7 +81,9 @@ def bench_model(name: str, rounds: int, warmup: int, steps_per_round: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
+                        help="default: resnet50 cifar_resnet110 (resnet50_128: ResNet-50 at "
+                             "128x128, where layer3/4 convs are less weight-bound)")
     parser.add_argument("--rounds", type=int, default=12, help="measured rounds (default 12)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds (default 2)")
     parser.add_argument("--steps-per-round", type=int, default=2)

@@ -1,14 +1,18 @@
 """The ``sd-tune`` command.
 
 Subcommands:
+  train    train one configuration of a space file on Ray Train, without Tune
   rates    show the per-block drop rates that surgery gives a model
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
 from sd_tune.stochastic_depth import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
@@ -35,10 +39,107 @@ def _rates(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=1", "stochastic_depth.method=block"]`` -> a dict of overrides."""
+    from sd_tune.config import parse_value
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UsageError(f"--set takes section.key=value (e.g. train.epochs=1), but got "
+                             f"{item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from sd_tune.config import ConfigError, load_space
+
+    try:
+        return load_space(args.space, parse_sets(args.set))
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+
+
+def _preflight_data(trial) -> None:
+    """Fail before Ray starts when the data is not there (one message, what to do)."""
+    from sd_tune.data import load_splits
+
+    d = trial.dataset
+    try:
+        load_splits(d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
+                    split_seed=d.split_seed, max_train_samples=d.max_train_samples,
+                    train_fraction=d.train_fraction, max_eval_samples=d.max_eval_samples,
+                    image_size=d.image_size)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _train(args: argparse.Namespace) -> int:
+    space = _load(args)
+    trial = space.trial
+    _preflight_data(trial)
+    from sd_tune import ray_train
+    from sd_tune.train import progress_line
+
+    storage = args.storage or space.storage
+    name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ray_train.init_ray(args.address)
+    problem = ray_train.resource_problem(trial)
+    if problem:
+        raise UsageError(problem)
+    epochs = trial.train.epochs
+    print(f"training {trial.model.arch} on {trial.dataset.name}: "
+          f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
+          f"{trial.stochastic_depth.drop_rate} ({trial.stochastic_depth.drop_distribution}), "
+          f"{trial.resources.num_workers} workers, {epochs} epochs", flush=True)
+    last: dict[str, Any] = {}
+
+    def emit(metrics: dict[str, Any]) -> None:
+        last.update(metrics)
+        print(progress_line(metrics, epochs), flush=True)
+
+    try:
+        ray_train.fit_trial(trial, storage=storage, name=name, emit=emit,
+                            max_failures=args.max_failures)
+    except Exception as err:  # Ray wraps the worker's error; show its message, not the stack
+        print(f"sd-tune train: the trial failed: {ray_train.root_cause(err)}", file=sys.stderr)
+        return 1
+    run_dir = ray_train.run_dir(storage, name)
+    summary = {k: last[k] for k in ("val_acc", "test_acc", "train_time_s", "wall_time_s")
+               if k in last}
+    print("done: " + ", ".join(f"{k} {v:.4f}" if k.endswith("acc") else f"{k} {v:.1f}"
+                               for k, v in summary.items()))
+    print(f"metrics: {run_dir / 'metrics.jsonl'}\ntensorboard --logdir {run_dir}")
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"name": name, "config": trial.to_dict(), "final": last}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sd-tune", description="Find how much stochastic depth a ResNet should get.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser(
+        "train", help="train one configuration (the file's fixed settings) on Ray Train",
+        description="Train the fixed settings of a search-space file once, with Ray Train "
+                    "DDP workers and without Tune. Prints one line per epoch; metrics "
+                    "(metrics.jsonl), TensorBoard scalars and checkpoints go to "
+                    "<storage>/<name>/.")
+    train.add_argument("--space", default="search_spaces/fashion_mnist.yaml",
+                       help="search-space YAML file (default: search_spaces/fashion_mnist.yaml)")
+    train.add_argument("--storage", help="results root: a path or s3:// / gs:// URI "
+                                         "(default: the file's storage, usually results/)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set train.epochs=1 "
+                            "--set stochastic_depth.method=block (repeatable)")
+    train.add_argument("--name", help="run name (default: train-<space name>-<time>)")
+    train.add_argument("--address", help="Ray cluster address (auto, ray://host:port, "
+                                         "host:port); default $RAY_ADDRESS, else a local Ray")
+    train.add_argument("--max-failures", type=int, default=1,
+                       help="worker-group restarts from the last checkpoint (default 1)")
+    train.set_defaults(func=_train)
     rates = sub.add_parser("rates", help="show the per-block drop rates surgery gives a model",
                            description="Apply stochastic depth to a model and print the "
                                        "per-block drop rates in forward order.")

@@ -1,0 +1,496 @@
+"""Typed configuration: one trial's settings and the search-space file, loaded from YAML.
+
+Neither torch nor Ray is imported here. Every problem in a file is collected and reported
+together, each with the file, the key path and what is wrong (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+MODEL_FAMILIES = {
+    "resnet": (18, 34, 50, 101, 152),
+    "wide_resnet": (50,),
+    "resnext": (50,),
+    "cifar_resnet": None,  # any 6n + 2
+}
+METHODS = ("sample", "block")
+DISTRIBUTIONS = ("uniform", "linear")
+SAMPLE_IMPLS = ("mask", "subset")
+TARGET_LAYER_NAMES = ("auto", "Bottleneck", "BasicBlock", "ResNetBottleneck", "CifarBasicBlock")
+# Every metric a trial reports after each epoch (DESIGN.md §3); test_acc comes once at the end.
+EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
+                 "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth")
+FINAL_METRICS = ("test_acc", "test_acc5", "test_loss")
+SAMPLERS = ("tpe", "nsga2", "random")
+DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration; ``problems`` lists ``(key path, message)``."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:"]
+        lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    max_train_samples: int | None = None
+    train_fraction: float = 1.0
+    max_eval_samples: int | None = None
+    image_size: int | None = None
+    num_workers: int = 8  # decoding processes per training worker (ImageFolder only)
+    shuffle_labels: bool = False  # a control: permute training labels (nothing can be learnt)
+
+
+@dataclass
+class ModelConfig:
+    family: str = "cifar_resnet"
+    depth: int = 20
+
+    @property
+    def arch(self) -> str:
+        """The registry name, e.g. ``resnet50``, ``cifar_resnet56``, ``wide_resnet50_2``."""
+        if self.family == "wide_resnet":
+            return f"wide_resnet{self.depth}_2"
+        if self.family == "resnext":
+            return f"resnext{self.depth}_32x4d"
+        return f"{self.family}{self.depth}"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128  # per worker
+    lr: float = 0.1  # peak learning rate for the global batch
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # not applied to BatchNorm parameters and biases
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0  # linear LR warmup, then cosine to 0, stepped per iteration
+    seed: int = 0
+    bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
+    channels_last: bool = True  # on GPU (ignored on CPU)
+    compile: bool = False
+    eval_batch_size: int | None = None
+    max_steps_per_epoch: int | None = None
+    deterministic: bool = False
+    fail_at_epoch: int | None = None  # testing aid: make the loss NaN in this epoch
+
+
+@dataclass
+class StochasticDepthConfig:
+    target_layer_name: str = "auto"
+    method: str = "sample"
+    drop_rate: float = 0.1
+    drop_distribution: str = "linear"
+    drop_warmup: float = 0.0
+    scale_by_keep: bool = False
+    sample_impl: str = "mask"
+
+
+@dataclass
+class ResourcesConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # default: 1 when use_gpu, else 0
+
+
+@dataclass
+class TrialConfig:
+    """Everything one trial needs: what to train, how, with which stochastic depth, on what."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stochastic_depth: StochasticDepthConfig = field(default_factory=StochasticDepthConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for every setting."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+
+@dataclass
+class Objective:
+    metric: str
+    mode: str
+
+
+@dataclass
+class SchedulerConfig:
+    kind: str = "asha"
+    metric: str = "val_acc"
+    mode: str = "max"
+    grace_period: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass
+class SearchConfig:
+    sampler: str = "tpe"
+    seed: int = 0
+    num_samples: int = 8
+    max_concurrent_trials: int | None = None
+    scheduler: SchedulerConfig | None = None
+
+
+@dataclass
+class SpaceFile:
+    """A whole search-space file: the fixed trial settings, what to search and how."""
+
+    name: str
+    trial: TrialConfig
+    space: dict[str, Any]
+    objectives: list[Objective]
+    search: SearchConfig
+    storage: str
+    source: str = "<dict>"
+
+
+SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig,
+            "stochastic_depth": StochasticDepthConfig, "resources": ResourcesConfig}
+TOP_KEYS = ("name", *SECTIONS, "space", "objectives", "search", "storage")
+
+
+def _type_name(tp: Any) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false",
+            "str": "a string"}.get(tp, tp)
+
+
+def _coerce(value: Any, annotation: str) -> tuple[Any, str | None]:
+    """Check ``value`` against a dataclass field annotation; return (value, error)."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        return (None, None) if optional else (None, f"must be {_type_name(base)}, not null")
+    if base == "bool":
+        return (value, None) if isinstance(value, bool) else (value, f"must be true or false, "
+                                                                      f"but got {value!r}")
+    if base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        return value, f"must be an integer, but got {value!r}"
+    if base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return value, f"must be a finite number, but got {value!r}"
+            return float(value), None
+        return value, f"must be a number, but got {value!r}"
+    if base == "str":
+        return (value, None) if isinstance(value, str) else (value, f"must be a string, but "
+                                                                    f"got {value!r}")
+    return value, None
+
+
+def _section(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append((path, f"must be a mapping, but got {data!r}"))
+        return cls()
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            problems.append((f"{path}.{key}", f"unknown key; known keys: {', '.join(known)}"))
+            continue
+        value, err = _coerce(value, str(known[key].type))
+        if err:
+            problems.append((f"{path}.{key}", err))
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _choice(problems: list, path: str, value: Any, allowed: tuple | list) -> None:
+    if value not in allowed:
+        problems.append((path, f"must be one of {', '.join(map(repr, allowed))}, "
+                               f"but got {value!r}"))
+
+
+def _check_depth(problems: list, path: str, family: str, depth: Any) -> None:
+    if family not in MODEL_FAMILIES or not isinstance(depth, int):
+        return
+    depths = MODEL_FAMILIES[family]
+    if depths is None:
+        if depth < 8 or (depth - 2) % 6:
+            problems.append((path, f"cifar_resnet depth must be 6n+2 (20, 32, 44, 56, 110, "
+                                   f"1202, ...), but got {depth}"))
+    elif depth not in depths:
+        problems.append((path, f"{family} has depths {', '.join(map(str, depths))}, "
+                               f"but got {depth}"))
+
+
+def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
+    """Append the problems of a trial's values (ranges, choices) to ``problems``."""
+    d, m, t, s, r = (trial.dataset, trial.model, trial.train, trial.stochastic_depth,
+                     trial.resources)
+    _choice(problems, "dataset.name", d.name, DATASETS)
+    if not 0 <= d.val_fraction < 1:
+        problems.append(("dataset.val_fraction", f"`0 <= val_fraction < 1` must hold, but got "
+                                                 f"{d.val_fraction}"))
+    if not 0 < d.train_fraction <= 1:
+        problems.append(("dataset.train_fraction", f"`0 < train_fraction <= 1` must hold, but "
+                                                   f"got {d.train_fraction}"))
+    for key in ("max_train_samples", "max_eval_samples", "image_size"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            problems.append((f"dataset.{key}", f"must be >= 1 or null, but got {value}"))
+    if d.num_workers < 0:
+        problems.append(("dataset.num_workers", f"must be >= 0, but got {d.num_workers}"))
+    _choice(problems, "model.family", m.family, tuple(MODEL_FAMILIES))
+    _check_depth(problems, "model.depth", m.family, m.depth)
+    for key in ("epochs", "batch_size"):
+        if getattr(t, key) < 1:
+            problems.append((f"train.{key}", f"must be >= 1, but got {getattr(t, key)}"))
+    for key in ("lr",):
+        if getattr(t, key) <= 0:
+            problems.append((f"train.{key}", f"must be > 0, but got {getattr(t, key)}"))
+    for key in ("momentum", "label_smoothing"):
+        if not 0 <= getattr(t, key) < 1:
+            problems.append((f"train.{key}", f"`0 <= {key} < 1` must hold, but got "
+                                             f"{getattr(t, key)}"))
+    if t.weight_decay < 0:
+        problems.append(("train.weight_decay", f"must be >= 0, but got {t.weight_decay}"))
+    if not 0 <= t.warmup_epochs <= t.epochs:
+        problems.append(("train.warmup_epochs", f"`0 <= warmup_epochs <= epochs` must hold, "
+                                                f"but got {t.warmup_epochs} (epochs={t.epochs})"))
+    for key in ("eval_batch_size", "max_steps_per_epoch"):
+        if getattr(t, key) is not None and getattr(t, key) < 1:
+            problems.append((f"train.{key}", f"must be >= 1 or null, but got {getattr(t, key)}"))
+    _choice(problems, "stochastic_depth.target_layer_name", s.target_layer_name,
+            TARGET_LAYER_NAMES)
+    _choice(problems, "stochastic_depth.method", s.method, METHODS)
+    _choice(problems, "stochastic_depth.drop_distribution", s.drop_distribution, DISTRIBUTIONS)
+    _choice(problems, "stochastic_depth.sample_impl", s.sample_impl, SAMPLE_IMPLS)
+    if not 0 <= s.drop_rate <= 1:
+        problems.append(("stochastic_depth.drop_rate", f"`0 <= drop_rate <= 1` must hold, but "
+                                                       f"got {s.drop_rate}"))
+    if not 0 <= s.drop_warmup < 1:
+        problems.append(("stochastic_depth.drop_warmup", f"`0 <= drop_warmup < 1` must hold, "
+                                                         f"but got {s.drop_warmup}"))
+    if r.num_workers < 1:
+        problems.append(("resources.num_workers", f"must be >= 1, but got {r.num_workers}"))
+    if r.cpus_per_worker <= 0:
+        problems.append(("resources.cpus_per_worker", f"must be > 0, but got "
+                                                      f"{r.cpus_per_worker}"))
+    if r.gpus_per_worker is not None:
+        if r.gpus_per_worker < 0:
+            problems.append(("resources.gpus_per_worker", f"must be >= 0, but got "
+                                                          f"{r.gpus_per_worker}"))
+        elif r.gpus_per_worker > 0 and not r.use_gpu:
+            problems.append(("resources.gpus_per_worker", "is > 0 but use_gpu is false; set "
+                                                          "use_gpu: true or gpus_per_worker: 0"))
+
+
+def trial_from_dict(data: dict[str, Any], problems: list[tuple[str, str]]) -> TrialConfig:
+    """Build a :class:`TrialConfig` from the five sections of ``data``, collecting problems."""
+    sections = {name: _section(cls, data.get(name), name, problems)
+                for name, cls in SECTIONS.items()}
+    return TrialConfig(**sections)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set key=value`` value as YAML (``0.1``, ``true``, ``null``, ``[1, 2]``).
+
+    >>> parse_value("0.5"), parse_value("block"), parse_value("null")
+    (0.5, 'block', None)
+    """
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a raw file mapping with ``{"section.key": value}`` set.
+
+    >>> apply_overrides({"train": {"epochs": 3}}, {"train.epochs": 1, "model.depth": 56})
+    {'train': {'epochs': 1}, 'model': {'depth': 56}}
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not name:
+            out[section] = value
+            continue
+        if not isinstance(out.get(section), dict):
+            out[section] = {}
+        out[section][name] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, or raise :class:`ConfigError` saying what is wrong with the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(p), [("", "no such file; pass --space with the path of a "
+                                        "search-space YAML file (see search_spaces/)")])
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(str(p), [("", f"is not valid YAML: {err}")]) from err
+    if not isinstance(data, dict):
+        raise ConfigError(str(p), [("", f"must be a YAML mapping at the top, but got "
+                                        f"{type(data).__name__}")])
+    return data
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
+    """Validate a whole search-space mapping; raise :class:`ConfigError` listing every problem.
+
+    >>> space_from_dict({"name": "demo"}).trial.model.arch
+    'cifar_resnet20'
+    """
+    problems: list[tuple[str, str]] = []
+    for key in data:
+        if key not in TOP_KEYS:
+            problems.append((str(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
+    name = data.get("name", Path(source).stem if source != "<dict>" else "experiment")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problems.append(("name", f"must be letters, digits, '_', '.', '-', but got {name!r}"))
+    trial = trial_from_dict(data, problems)
+    validate_trial(trial, problems)
+    space = data.get("space") or {}
+    if not isinstance(space, dict):
+        problems.append(("space", f"must be a mapping of 'section.key' to a value or a "
+                                  f"distribution, but got {space!r}"))
+        space = {}
+    for key, spec in space.items():
+        _check_space_entry(trial, str(key), spec, problems)
+    objectives = _objectives(data.get("objectives"), problems)
+    search = _search(data.get("search"), problems)
+    storage = data.get("storage", "results")
+    if not isinstance(storage, str) or not storage:
+        problems.append(("storage", f"must be a path or an s3:// / gs:// URI, but got "
+                                    f"{storage!r}"))
+    if problems:
+        raise ConfigError(source, problems)
+    return SpaceFile(name=name, trial=trial, space=space, objectives=objectives, search=search,
+                     storage=storage, source=source)
+
+
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SpaceFile:
+    """Load and validate a search-space file, with ``--set`` overrides applied first."""
+    data = load_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return space_from_dict(data, str(path))
+
+
+def _check_space_entry(trial: TrialConfig, key: str, spec: Any,
+                       problems: list[tuple[str, str]]) -> None:
+    path = f"space.{key}"
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
+        problems.append((path, "must name a setting as 'section.key' (e.g. "
+                               "'stochastic_depth.drop_rate', 'model.depth', 'train.lr')"))
+        return
+    if not isinstance(spec, dict):
+        return  # a fixed value: checked when a trial is built from it
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTION_KINDS:
+        problems.append((path, f"a distribution is one of {{uniform|loguniform|int|choice}}: "
+                               f"[...], but got {spec!r}"))
+        return
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            problems.append((path, f"choice needs a non-empty list, but got {args!r}"))
+            return
+        values = args
+    else:
+        if (not isinstance(args, list) or len(args) != 2
+                or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+            problems.append((path, f"{kind} needs [low, high], but got {args!r}"))
+            return
+        low, high = args
+        if not low <= high:
+            problems.append((path, f"`low <= high` must hold, but got low={low}, high={high}"))
+            return
+        if kind == "loguniform" and low <= 0:
+            problems.append((path, f"loguniform needs low > 0, but got low={low}"))
+            return
+        if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+            problems.append((path, f"int needs integer bounds, but got {args!r}"))
+            return
+        values = [low, high]
+    for value in values:
+        sub: list[tuple[str, str]] = []
+        candidate = trial_from_dict(apply_overrides(trial.to_dict(), {key: value}), sub)
+        if not sub:
+            validate_trial(candidate, sub)
+        for p, msg in sub:
+            if p == key:
+                problems.append((path, f"value {value!r}: {msg}"))
+
+
+def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
+    if raw is None:
+        return [Objective("val_acc", "max"), Objective("train_time_s", "min")]
+    if not isinstance(raw, list) or not raw:
+        problems.append(("objectives", f"must be a non-empty list of {{metric, mode}}, but got "
+                                       f"{raw!r}"))
+        return []
+    out = []
+    reported = (*EPOCH_METRICS, *FINAL_METRICS)
+    for i, item in enumerate(raw):
+        path = f"objectives[{i}]"
+        if not isinstance(item, dict) or set(item) != {"metric", "mode"}:
+            problems.append((path, f"must be {{metric: ..., mode: max|min}}, but got {item!r}"))
+            continue
+        if item["metric"] not in reported:
+            problems.append((f"{path}.metric", f"{item['metric']!r} is never reported; "
+                                               f"reported metrics: {', '.join(reported)}"))
+        _choice(problems, f"{path}.mode", item["mode"], ("max", "min"))
+        out.append(Objective(item["metric"], item["mode"]))
+    return out
+
+
+def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
+    raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
+    if not isinstance(raw, dict):
+        problems.append(("search", f"must be a mapping, but got {raw!r}"))
+        return SearchConfig()
+    sched_raw = raw.pop("scheduler", None)
+    search = _section(SearchConfig, raw, "search", problems)
+    _choice(problems, "search.sampler", search.sampler, SAMPLERS)
+    if search.num_samples < 1:
+        problems.append(("search.num_samples", f"must be >= 1, but got {search.num_samples}"))
+    if search.max_concurrent_trials is not None and search.max_concurrent_trials < 1:
+        problems.append(("search.max_concurrent_trials", f"must be >= 1 or null, but got "
+                                                         f"{search.max_concurrent_trials}"))
+    if sched_raw is not None:
+        sched = _section(SchedulerConfig, sched_raw, "search.scheduler", problems)
+        _choice(problems, "search.scheduler.kind", sched.kind, ("asha",))
+        _choice(problems, "search.scheduler.mode", sched.mode, ("max", "min"))
+        if sched.metric not in EPOCH_METRICS:
+            problems.append(("search.scheduler.metric", f"{sched.metric!r} is not reported "
+                                                        f"every epoch; use one of "
+                                                        f"{', '.join(EPOCH_METRICS)}"))
+        if sched.grace_period < 1 or sched.reduction_factor < 2:
+            problems.append(("search.scheduler", "grace_period >= 1 and reduction_factor >= 2 "
+                                                 "must hold"))
+        search.scheduler = sched
+    return search

@@ -1,0 +1,586 @@
+"""The training loop for one trial: data, model, stochastic depth, train, evaluate, checkpoint.
+
+:func:`run_trial` knows nothing of Ray. It reports through a ``report(metrics,
+checkpoint_dir)`` callable after every epoch, and runs alone (one process) or under an
+initialised ``torch.distributed`` process group (DDP, one process per rank).
+
+Reporting contract (what a caller such as the Ray Train glue relies on):
+
+* every rank calls ``report`` once per epoch, the same number of times; the metrics are
+  global (summed over ranks) and equal on every rank, except the timing ones, which each
+  rank measures itself (rank 0's are the ones to keep);
+* only rank 0 passes a ``checkpoint_dir``, a fresh temporary folder holding
+  :data:`CHECKPOINT_FILE`; other ranks pass ``None``. The folder is deleted as soon as
+  ``report`` returns, so ``report`` must copy or upload it before returning.
+
+Recipe: SGD with Nesterov momentum, weight decay on conv/linear weights only, label
+smoothing, linear LR warmup then cosine to zero stepped per iteration, bf16 autocast and
+channels_last on GPU, optional ``torch.compile``.
+
+This module imports torch and sd-tune's own layers below it, never Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sd_tune.config import TrainConfig, TrialConfig
+from sd_tune.data import Loader, Splits, load_splits, make_loaders
+from sd_tune.models import build_model
+from sd_tune.surgery import StochasticDepth, expected_depth
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "TIMING_METRICS",
+    "Report",
+    "build_optimizer",
+    "build_scheduler",
+    "ddp_kwargs",
+    "default_device",
+    "dist_info",
+    "evaluate",
+    "load_checkpoint",
+    "lr_factor",
+    "param_groups",
+    "progress_line",
+    "run_trial",
+    "stochastic_depth_from_config",
+]
+
+#: The file a checkpoint folder holds (a ``torch.save`` of a dict).
+CHECKPOINT_FILE = "checkpoint.pt"
+#: Metrics that depend on wall-clock time (they differ between otherwise identical runs).
+TIMING_METRICS = ("train_time_s", "wall_time_s", "images_per_s")
+_CHECKPOINT_FORMAT = 1
+
+Report = Callable[[dict[str, float], "str | None"], None]
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, else ``(0, 1)``.
+
+    >>> dist_info()
+    (0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def default_device() -> torch.device:
+    """``cuda:<local rank>`` when CUDA is available, else ``cpu``.
+
+    The local rank comes from ``$LOCAL_RANK``, else the global rank modulo the GPU count.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = os.environ.get("LOCAL_RANK")
+    index = int(local) if local is not None else dist_info()[0] % torch.cuda.device_count()
+    return torch.device("cuda", index)
+
+
+def stochastic_depth_from_config(cfg: TrialConfig) -> StochasticDepth:
+    """The :class:`~sd_tune.StochasticDepth` object described by ``cfg.stochastic_depth``.
+
+    >>> stochastic_depth_from_config(TrialConfig()).stochastic_method
+    'sample'
+    """
+    s = cfg.stochastic_depth
+    return StochasticDepth(s.target_layer_name, s.method, s.drop_rate, s.drop_distribution,
+                           s.drop_warmup, s.scale_by_keep, s.sample_impl)
+
+
+def ddp_kwargs(sd: StochasticDepth) -> dict[str, Any]:
+    """Keyword arguments for ``DistributedDataParallel`` (or Ray's ``prepare_model``'s
+    ``parallel_strategy_kwargs``) that this stochastic depth needs.
+
+    >>> ddp_kwargs(StochasticDepth(stochastic_method="block"))
+    {'find_unused_parameters': True}
+    """
+    return {"find_unused_parameters": sd.find_unused_parameters}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two optimizer parameter groups: ``"decay"`` (weights with ``ndim > 1``: conv and linear)
+    with ``weight_decay``, and ``"no_decay"`` (BatchNorm parameters and biases) with 0.
+
+    >>> groups = param_groups(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)), 5e-4)
+    >>> [(g["name"], len(g["params"]), g["weight_decay"]) for g in groups]
+    [('decay', 1, 0.0005), ('no_decay', 3, 0.0)]
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    return [{"name": "decay", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov when ``train.nesterov``) over :func:`param_groups`.
+
+    >>> build_optimizer(nn.Linear(2, 2), TrainConfig(lr=0.5)).param_groups[0]["lr"]
+    0.5
+    """
+    return torch.optim.SGD(param_groups(model, train.weight_decay), lr=train.lr,
+                           momentum=train.momentum,
+                           nesterov=train.nesterov and train.momentum > 0)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The learning-rate multiplier used by optimizer step ``step`` (0-based).
+
+    Linear warmup ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then a
+    cosine from 1 down to 0 at ``step == total_steps``.
+
+    >>> [lr_factor(s, 10, 2) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = total_steps - warmup_steps
+    if decay_steps <= 0:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-iteration ``LambdaLR`` following :func:`lr_factor`; call ``step()`` after every
+    optimizer step.
+
+    >>> opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    >>> build_scheduler(opt, 10, 2).get_last_lr()
+    [0.5]
+    """
+    def factor(step: int) -> float:
+        return lr_factor(step, total_steps, warmup_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`run_trial` (a folder or the file itself) to CPU."""
+    path = Path(path)
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"No sd-tune checkpoint at {file}: a checkpoint folder holds "
+                                f"{CHECKPOINT_FILE} (written by run_trial's report)")
+    # weights_only=False: the file holds numpy and python RNG states; we wrote it ourselves.
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{file} is not an sd-tune checkpoint of format {_CHECKPOINT_FORMAT}")
+    return state
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, 7]).generate_state(1)[0])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _all_reduce(values: list[float | Tensor], device: torch.device,
+                world_size: int) -> list[float]:
+    """Sum a few numbers over ranks in one collective; returns Python floats."""
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(())
+                     for v in values])
+    if world_size > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms (warn only) for the trial; the previous setting comes back."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark)
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model: nn.Module, loader: Loader, *, device: torch.device, world_size: int = 1,
+             autocast: bool = False) -> dict[str, float]:
+    """``{"loss", "acc", "acc5"}`` of ``model`` (plain cross-entropy, top-1 / top-5 accuracy)
+    over ``loader``'s shards of all ranks: per-rank sums, one all-reduce after the loop.
+
+    Pass the unwrapped model, never the DDP wrapper: eval shards are uneven across ranks.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.float64, device=device)
+    top5 = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = model(x)
+                logits = logits.float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                k = min(5, logits.shape[1])
+                hits = logits.topk(k, dim=1).indices.eq(y[:, None])
+                top1 += hits[:, 0].sum()
+                top5 += hits.any(dim=1).sum()
+                count += len(y)
+    finally:
+        model.train(was_training)
+    loss, acc, acc5, n = _all_reduce([loss_sum, top1, top5, float(count)], device, world_size)
+    if n == 0:
+        raise ValueError("The evaluation split is empty on every rank; there is nothing to "
+                         "evaluate. Raise dataset.val_fraction / dataset.max_eval_samples.")
+    return {"loss": loss / n, "acc": acc / n, "acc5": acc5 / n}
+
+
+def _broadcast_buffers(model: nn.Module, world_size: int) -> None:
+    """Give every rank rank 0's BatchNorm statistics (those the checkpoint holds)."""
+    if world_size > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
+# --------------------------------------------------------------------------- the trial
+
+
+def _nan_error(loss: float, epoch: int, step: int, steps: int, global_step: int, lr: float,
+               forced: bool) -> FloatingPointError:
+    return FloatingPointError(
+        f"non-finite training loss ({loss if not math.isfinite(loss) else 'on another rank'}) "
+        f"at epoch {epoch}, step {step} (of {steps} in the "
+        f"epoch; global step {global_step}, lr {lr:.4g}); the trial stops here instead of "
+        f"training on NaN. Lower train.lr, raise train.warmup_epochs, or turn off train.bf16"
+        + (f" (train.fail_at_epoch={epoch} forced this failure)" if forced else "")
+    )
+
+
+def progress_line(m: dict[str, float], epochs: int) -> str:
+    """One line for an epoch's metrics, as ``sd-tune train`` prints it."""
+    line = (f"epoch {int(m['epoch'])}/{epochs}  train_loss {m['train_loss']:.4f} "
+            f"acc {m['train_acc']:.4f} | val_loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} "
+            f"acc5 {m['val_acc5']:.4f} | {m['images_per_s']:.0f} img/s | lr {m['lr']:.4g} | "
+            f"train {m['train_time_s']:.1f} s, wall {m['wall_time_s']:.1f} s")
+    if "test_acc" in m:
+        line += f" | test_loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} " \
+                f"acc5 {m['test_acc5']:.4f}"
+    return line
+
+
+def run_trial(
+    cfg: TrialConfig,
+    report: Report,
+    *,
+    resume_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+    log: Callable[[str], None] | None = None,
+    splits: Splits | None = None,
+) -> dict[str, float]:
+    """Train one configuration; call ``report(metrics, checkpoint_dir)`` after every epoch.
+
+    Rank and world size come from ``torch.distributed`` when it is initialised (else 0 / 1);
+    the device is ``device``, else ``cuda:<local rank>``, else CPU. The model is wrapped with
+    ``prepare_model`` when given (Ray's ``prepare_model`` with ``parallel_strategy_kwargs=
+    ddp_kwargs(sd)``), else in DDP when distributed, else not at all.
+
+    Each report holds the metrics of :data:`sd_tune.config.EPOCH_METRICS` (finite floats;
+    ``epoch`` is 1-based, ``lr`` is the rate of the epoch's last step, ``train_loss`` includes
+    label smoothing, ``val_loss`` is plain cross-entropy); the last one adds ``test_loss``,
+    ``test_acc``, ``test_acc5``. Every rank reports (see the module docstring); rank 0 passes
+    a temporary checkpoint folder that is deleted once ``report`` returns. ``resume_dir``
+    continues from such a folder (copied) at the next epoch, with the optimizer, scheduler,
+    RNG and stochastic-depth state it holds; a checkpoint of the last epoch returns its
+    metrics without training or reporting. ``splits`` replaces the data that
+    ``cfg.dataset`` describes. ``log`` (default ``print``) gets one line per epoch, on rank 0
+    only. Returns the last metrics reported.
+
+    A non-finite training loss raises ``FloatingPointError`` naming the epoch and step, on
+    every rank at the same step.
+    """
+    t_start = time.perf_counter()
+    rank, world_size = dist_info()
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    say = (log or print) if rank == 0 else (lambda _line: None)
+    with _deterministic(cfg.train.deterministic):
+        return _run(cfg, report, resume_dir, device, prepare_model, say, splits, rank,
+                    world_size, t_start)
+
+
+def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
+         device: torch.device, prepare_model: Callable[[nn.Module], nn.Module] | None,
+         say: Callable[[str], None], splits: Splits | None, rank: int, world_size: int,
+         t_start: float) -> dict[str, float]:
+    t, d = cfg.train, cfg.dataset
+    on_gpu = device.type == "cuda"
+    use_bf16 = on_gpu and t.bf16
+    channels_last = on_gpu and t.channels_last
+
+    # ---- data
+    if splits is None:
+        splits = load_splits(d.name, root=d.root, download=d.download,
+                             val_fraction=d.val_fraction, split_seed=d.split_seed,
+                             max_train_samples=d.max_train_samples,
+                             train_fraction=d.train_fraction,
+                             max_eval_samples=d.max_eval_samples, image_size=d.image_size)
+    if d.shuffle_labels:
+        splits = _shuffle_train_labels(splits, d.split_seed)
+    if len(splits.val) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"The validation split of {splits.info.name} is empty "
+                         f"(dataset.val_fraction={d.val_fraction}), but every epoch reports "
+                         "val_acc; set dataset.val_fraction > 0")
+    info = splits.info
+    train_loader, val_loader, test_loader = make_loaders(
+        splits, batch_size=t.batch_size, device=device, rank=rank, world_size=world_size,
+        seed=t.seed, num_workers=d.num_workers, channels_last=channels_last,
+        eval_batch_size=t.eval_batch_size)
+    steps_per_epoch = len(train_loader)
+    if t.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+    total_steps = t.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, round(t.warmup_epochs * steps_per_epoch))
+
+    # ---- model: same initial weights on every rank
+    _seed_everything(t.seed)
+    model = build_model(cfg.model.arch, info.num_classes, info.in_channels)
+    sd = stochastic_depth_from_config(cfg)
+    sd.apply(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
+
+    # ---- resume
+    start_epoch, global_step = 1, 0
+    train_time, wall_before = 0.0, 0.0
+    last_metrics: dict[str, float] = {}
+    rng_restored = False
+    if resume_dir is not None:
+        state = load_checkpoint(resume_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        global_step = int(state["global_step"])
+        train_time = float(state["train_time_s"])
+        wall_before = float(state["wall_time_s"])
+        last_metrics = dict(state["metrics"])
+        rngs = state["rng"]
+        if len(rngs) == world_size:
+            _set_rng_state(rngs[rank], device)
+            rng_restored = True
+        changed = _changed_keys(cfg, state["config"])
+        say(f"resuming from {resume_dir} after epoch {start_epoch - 1}"
+            + (f" (settings changed since: {', '.join(changed)})" if changed else ""))
+        if start_epoch > t.epochs:
+            say(f"the checkpoint is already at epoch {start_epoch - 1} of {t.epochs}; "
+                "nothing left to train")
+            return last_metrics
+    if not rng_restored:
+        # Each rank draws its own stochastic-depth masks.
+        _seed_everything(_rank_seed(t.seed + start_epoch - 1, rank))
+    sd.set_progress(global_step / total_steps)
+
+    # ---- wrap
+    if prepare_model is not None:
+        wrapped = prepare_model(model)
+    elif world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_gpu else None, **ddp_kwargs(sd))
+    else:
+        wrapped = model
+    train_forward: Callable[[Tensor], Tensor] = wrapped
+    eval_model: nn.Module = model
+    if t.compile:
+        train_forward = torch.compile(wrapped)
+        eval_model = torch.compile(model)  # type: ignore[assignment]
+
+    def criterion(logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+
+    metrics: dict[str, float] = last_metrics
+    for epoch in range(start_epoch, t.epochs + 1):
+        # ---- train
+        train_loader.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        _sync(device)
+        t_epoch = time.perf_counter()
+        for step, (x, y) in enumerate(train_loader, start=1):
+            if step > steps_per_epoch:
+                break
+            sd.set_progress(min(1.0, global_step / total_steps))
+            lr = optimizer.param_groups[0]["lr"]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = train_forward(x)
+            loss = criterion(logits, y)
+            if t.fail_at_epoch == epoch:
+                loss = loss * float("nan")
+            bad = (~torch.isfinite(loss.detach())).to(torch.float32)
+            if world_size > 1:
+                dist.all_reduce(bad)
+            if bad.item() > 0:
+                raise _nan_error(loss.item(), epoch, step, steps_per_epoch, global_step + 1, lr,
+                                 forced=t.fail_at_epoch == epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            n = len(y)
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            seen += n
+        _sync(device)
+        epoch_time = time.perf_counter() - t_epoch
+        train_time += epoch_time
+        sd.set_progress(min(1.0, global_step / total_steps))
+        loss_total, correct_total, seen_total = _all_reduce(
+            [loss_sum, correct, float(seen)], device, world_size)
+
+        # ---- evaluate
+        _broadcast_buffers(model, world_size)
+        val = evaluate(eval_model, val_loader, device=device, world_size=world_size,
+                       autocast=use_bf16)
+        metrics = {
+            "epoch": float(epoch),
+            "train_loss": loss_total / seen_total,
+            "train_acc": correct_total / seen_total,
+            "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"],
+            "train_time_s": train_time,
+            "wall_time_s": 0.0,
+            "images_per_s": seen_total / max(epoch_time, 1e-9),
+            "lr": float(lr),
+            "expected_depth": expected_depth(model),
+            # this rank's parameter fingerprint: equal on every rank unless DDP broke
+            "param_checksum": _param_checksum(model),
+        }
+        if epoch == t.epochs:
+            test = evaluate(eval_model, test_loader, device=device, world_size=world_size,
+                            autocast=use_bf16)
+            metrics.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
+        metrics["wall_time_s"] = wall_before + time.perf_counter() - t_start
+        bad_keys = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad_keys:
+            raise FloatingPointError(f"non-finite metrics at epoch {epoch}: "
+                                     + ", ".join(f"{k}={metrics[k]}" for k in bad_keys)
+                                     + "; the model diverged. Lower train.lr.")
+
+        # ---- checkpoint and report
+        rngs = [_rng_state(device)]
+        if world_size > 1:
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        say(progress_line(metrics, t.epochs))
+        if rank == 0:
+            ckpt_dir = tempfile.mkdtemp(prefix=f"sd_tune_ckpt_e{epoch}_")
+            try:
+                torch.save({
+                    "format": _CHECKPOINT_FORMAT,
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "total_steps": total_steps,
+                    "sd_progress": min(1.0, global_step / total_steps),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rngs,
+                    "world_size": world_size,
+                    "train_time_s": train_time,
+                    "wall_time_s": metrics["wall_time_s"],
+                    "metrics": metrics,
+                    "config": cfg.to_dict(),
+                }, Path(ckpt_dir) / CHECKPOINT_FILE)
+                report(dict(metrics), ckpt_dir)
+            finally:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        else:
+            report(dict(metrics), None)
+    return metrics
+
+
+def _param_checksum(model: nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def _shuffle_train_labels(splits: Splits, seed: int) -> Splits:
+    """A control for tests: the training labels permuted, so nothing can be learnt."""
+    from sd_tune.data import InMemorySplit
+
+    if not isinstance(splits.train, InMemorySplit):
+        raise ValueError("dataset.shuffle_labels works only for in-memory datasets "
+                         "(fashion_mnist, cifar10, cifar100, synthetic)")
+    g = torch.Generator().manual_seed(seed + 12345)
+    perm = torch.randperm(len(splits.train.y), generator=g)
+    train = InMemorySplit(splits.train.x, splits.train.y[perm])
+    return dataclasses.replace(splits, train=train)
+
+
+def _changed_keys(cfg: TrialConfig, saved: dict[str, Any]) -> list[str]:
+    """Settings of ``cfg`` that differ from a checkpoint's saved config dict."""
+    old = {f"{s}.{k}": v for s, sec in saved.items() for k, v in sec.items()}
+    return sorted(k for k, v in cfg.flat().items() if k in old and old[k] != v)

@@ -1,0 +1,132 @@
+"""One trial on a real Ray Train cluster started by the test session: DDP with 2 gloo workers on
+real Fashion-MNIST, the metrics contract, failure of a killed worker, a forced NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sd_tune.config import TrialConfig, space_from_dict
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                       reason="needs Debian's dataset-fashion-mnist"),
+]
+
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
+              "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth")
+
+
+def trial(**sets: object) -> TrialConfig:
+    """A short Fashion-MNIST trial with 2 workers x 0.5 CPU, plus section.key overrides."""
+    data: dict = {
+        "dataset": {"name": "fashion_mnist", "max_train_samples": 3000, "max_eval_samples": 1000},
+        "model": {"family": "cifar_resnet", "depth": 8},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.2},
+        "stochastic_depth": {"method": "sample", "drop_rate": 0.2},
+        "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
+    }
+    for key, value in sets.items():
+        section, name = key.split("__")
+        data.setdefault(section, {})[name] = value
+    return space_from_dict(data).trial
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fashion_mnist_two_workers_learns(ray_session: None, tmp_path: Path) -> None:
+    from sd_tune.ray_train import fit_trial, run_dir
+
+    seen: list[dict] = []
+    result = fit_trial(trial(), storage=str(tmp_path), name="learn", emit=seen.append)
+    assert result.error is None
+    metrics = read_metrics(run_dir(str(tmp_path), "learn"))
+    assert metrics == seen and len(metrics) == 1
+    m = metrics[0]
+    for key in (*EPOCH_KEYS, "test_acc"):
+        assert isinstance(m[key], (int, float)) and m[key] == m[key], key
+    # 10 classes: chance is 0.10; a model trained on shuffled labels stays near it.
+    assert m["val_acc"] > 0.55, m
+    assert m["test_acc"] > 0.55, m
+    assert m["train_time_s"] < m["wall_time_s"]
+    assert result.checkpoint is not None
+
+
+def test_shuffled_labels_stay_near_chance(ray_session: None, tmp_path: Path) -> None:
+    """The floor above is meaningful: the same run cannot reach it without real labels."""
+    from sd_tune.ray_train import fit_trial, run_dir
+
+    fit_trial(trial(dataset__shuffle_labels=True), storage=str(tmp_path), name="shuffled")
+    (m,) = read_metrics(run_dir(str(tmp_path), "shuffled"))
+    assert m["val_acc"] < 0.3, m
+
+
+@pytest.mark.parametrize("method", ["sample", "block"])
+def test_ranks_hold_identical_parameters(ray_session: None, tmp_path: Path,
+                                         method: str) -> None:
+    from sd_tune.ray_train import fit_trial, run_dir
+
+    t = trial(stochastic_depth__method=method, train__max_steps_per_epoch=3,
+              dataset__max_train_samples=1024)
+    fit_trial(t, storage=str(tmp_path), name=method)
+    (m,) = read_metrics(run_dir(str(tmp_path), method))
+    checksums = m["param_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1], checksums
+
+
+def test_killed_worker_is_restarted_and_every_epoch_reported(ray_session: None,
+                                                             tmp_path: Path) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    from sd_tune.ray_train import fit_trial, run_dir
+
+    t = trial(train__epochs=3, dataset__max_train_samples=1536)
+    out = run_dir(str(tmp_path), "killed")
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            log = out / "metrics.jsonl"
+            if log.exists() and log.read_text().strip():
+                time.sleep(1.0)  # into epoch 2
+                actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                          if "RayTrainWorker" in a.class_name]
+                if actors:
+                    pid = actors[0].pid
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = fit_trial(t, storage=str(tmp_path), name="killed", max_failures=2)
+    thread.join(timeout=10)
+    assert killed, "no worker was killed"
+    assert result.error is None
+    epochs = [m["epoch"] for m in read_metrics(out)]
+    assert sorted(set(epochs)) == [1, 2, 3], epochs
+    assert ray.is_initialized()
+
+
+def test_forced_nan_fails_the_trial_with_its_message(ray_session: None, tmp_path: Path) -> None:
+    from sd_tune.ray_train import fit_trial, root_cause
+
+    t = trial(train__fail_at_epoch=1)
+    with pytest.raises(Exception) as info:
+        result = fit_trial(t, storage=str(tmp_path), name="nan", max_failures=0)
+        if result.error is not None:
+            raise result.error
+    message = root_cause(info.value)
+    assert "non-finite" in message and "epoch 1" in message and "step" in message, message
