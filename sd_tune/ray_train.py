@@ -19,7 +19,14 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchTrainer
 
 from sd_tune.config import TrialConfig, trial_from_dict, validate_trial
@@ -135,6 +142,7 @@ def make_trainer(trial: TrialConfig, *, storage_path: str, name: str,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 
