@@ -248,8 +248,9 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
     d, m, t, s, r = (trial.dataset, trial.model, trial.train, trial.stochastic_depth,
                      trial.resources)
     _choice(problems, "dataset.name", d.name, DATASETS)
-    if not 0 <= d.val_fraction < 1:
-        problems.append(("dataset.val_fraction", f"`0 <= val_fraction < 1` must hold, but got "
+    if not 0 < d.val_fraction < 1:
+        problems.append(("dataset.val_fraction", f"`0 < val_fraction < 1` must hold (every "
+                                                 f"epoch reports val_acc), but got "
                                                  f"{d.val_fraction}"))
     if not 0 < d.train_fraction <= 1:
         problems.append(("dataset.train_fraction", f"`0 < train_fraction <= 1` must hold, but "
@@ -312,13 +313,24 @@ def trial_from_dict(data: dict[str, Any], problems: list[tuple[str, str]]) -> Tr
     return TrialConfig(**sections)
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``, but ``1e-4`` and ``5.0e3`` are floats (as in YAML 1.2), not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set key=value`` value as YAML (``0.1``, ``true``, ``null``, ``[1, 2]``).
 
-    >>> parse_value("0.5"), parse_value("block"), parse_value("null")
-    (0.5, 'block', None)
+    >>> parse_value("0.5"), parse_value("block"), parse_value("null"), parse_value("1e-4")
+    (0.5, 'block', None, 0.0001)
     """
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_Loader)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -346,12 +358,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(str(p), [("", "no such file; pass --space with the path of a "
                                         "search-space YAML file (see search_spaces/)")])
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(str(p), [("", f"cannot be read: {err}")]) from err
     except yaml.YAMLError as err:
         raise ConfigError(str(p), [("", f"is not valid YAML: {err}")]) from err
     if not isinstance(data, dict):
-        raise ConfigError(str(p), [("", f"must be a YAML mapping at the top, but got "
-                                        f"{type(data).__name__}")])
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(str(p), [("", f"must be a YAML mapping at the top, but got {got}")])
     return data
 
 
@@ -373,13 +387,17 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
         problems.append(("name", f"must be letters, digits, '_', '.', '-', but got {name!r}"))
     trial = trial_from_dict(data, problems)
     validate_trial(trial, problems)
-    space = data.get("space") or {}
+    space = data.get("space")
+    if space is None:
+        space = {}
     if not isinstance(space, dict):
         problems.append(("space", f"must be a mapping of 'section.key' to a value or a "
                                   f"distribution, but got {space!r}"))
         space = {}
+    base: list[tuple[str, str]] = []
+    validate_trial(trial, base)
     for key, spec in space.items():
-        _check_space_entry(trial, str(key), spec, problems)
+        _check_space_entry(trial, str(key), spec, problems, set(map(str, space)), base)
     objectives = _objectives(data.get("objectives"), problems)
     search = _search(data.get("search"), problems)
     storage = data.get("storage", "results")
@@ -400,16 +418,21 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     return space_from_dict(data, str(path))
 
 
-def _check_space_entry(trial: TrialConfig, key: str, spec: Any,
-                       problems: list[tuple[str, str]]) -> None:
+def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[tuple[str, str]],
+                       space_keys: set[str], base: list[tuple[str, str]]) -> None:
+    """Check one ``space`` entry: each value it can take (a fixed value, every choice, the
+    bounds of a range, every value of a short int range) must make a valid trial together
+    with the fixed settings of the keys that are not searched."""
     path = f"space.{key}"
     section, _, name = key.partition(".")
     if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
         problems.append((path, "must name a setting as 'section.key' (e.g. "
                                "'stochastic_depth.drop_rate', 'model.depth', 'train.lr')"))
         return
+    annotation = str(next(f.type for f in fields(SECTIONS[section]) if f.name == name))
     if not isinstance(spec, dict):
-        return  # a fixed value: checked when a trial is built from it
+        _check_space_values(trial, key, [spec], problems, space_keys, base)
+        return
     if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTION_KINDS:
         problems.append((path, f"a distribution is one of {{uniform|loguniform|int|choice}}: "
                                f"[...], but got {spec!r}"))
@@ -435,15 +458,34 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any,
         if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
             problems.append((path, f"int needs integer bounds, but got {args!r}"))
             return
-        values = [low, high]
+        base_type = annotation.replace("| None", "").strip()
+        if base_type in ("bool", "str"):
+            problems.append((path, f"{key} is {_type_name(base_type)}; use choice: [...], "
+                                   f"not {kind}"))
+            return
+        if kind != "int" and base_type == "int":
+            problems.append((path, f"{key} is an integer; use int: [low, high] or "
+                                   f"choice: [...], not {kind}"))
+            return
+        values = list(range(low, high + 1)) if kind == "int" and high - low < 64 else [low, high]
+    _check_space_values(trial, key, values, problems, space_keys, base,
+                        first_only=kind == "int")
+
+
+def _check_space_values(trial: TrialConfig, key: str, values: list[Any],
+                        problems: list[tuple[str, str]], space_keys: set[str],
+                        base: list[tuple[str, str]], first_only: bool = False) -> None:
     for value in values:
         sub: list[tuple[str, str]] = []
         candidate = trial_from_dict(apply_overrides(trial.to_dict(), {key: value}), sub)
         if not sub:
             validate_trial(candidate, sub)
-        for p, msg in sub:
-            if p == key:
-                problems.append((path, f"value {value!r}: {msg}"))
+        found = [(f"space.{key}", f"value {value!r}: {msg}" if p == key
+                  else f"value {value!r}: makes {p} invalid: {msg}")
+                 for p, msg in sub if p == key or (p not in space_keys and (p, msg) not in base)]
+        problems.extend(found)
+        if found and first_only:
+            return
 
 
 def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
