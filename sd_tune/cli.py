@@ -1,6 +1,10 @@
 """The ``sd-tune`` command.
 
 Subcommands:
+  launch   run the search of a space file (Ray Tune + Optuna over Ray Train trials)
+  resume   continue an interrupted search
+  report   rebuild an experiment's summary files and TensorBoard entries
+  validate check a space file without starting anything
   train    train one configuration of a space file on Ray Train, without Tune
   rates    show the per-block drop rates that surgery gives a model
 """
@@ -12,6 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
@@ -54,12 +59,29 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace):
-    from sd_tune.config import ConfigError, load_space
+    """The validated space file with --set (and --name) applied, and its raw mapping."""
+    from sd_tune.config import ConfigError, apply_overrides, load_yaml, space_from_dict
 
     try:
-        return load_space(args.space, parse_sets(args.set))
+        raw = load_yaml(args.space)
+        raw = apply_overrides(raw, parse_sets(args.set))
+        if getattr(args, "name", None) and args.command != "train":
+            raw["name"] = args.name
+        return space_from_dict(raw, str(args.space)), raw
     except ConfigError as err:
         raise UsageError(str(err)) from err
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec, _ = _load(args)
+    from sd_tune.search import optuna_distributions
+
+    dists, _ = optuna_distributions(spec.space)
+    print(f"{args.space}: ok: experiment {spec.name!r}, {spec.search.num_samples} trials of "
+          f"{spec.trial.model.family} on {spec.trial.dataset.name}, searching "
+          f"{', '.join(dists) or 'nothing'}; objectives "
+          + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives))
+    return 0
 
 
 def _preflight_data(trial) -> None:
@@ -77,7 +99,7 @@ def _preflight_data(trial) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    space = _load(args)
+    space, _ = _load(args)
     trial = space.trial
     _preflight_data(trial)
     from sd_tune import ray_train
@@ -117,28 +139,132 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_experiment(exp_dir: Path, *, show_front: bool = True) -> int:
+    from sd_tune import report, search
+
+    spec, _ = search.load_spec(exp_dir)
+    records = search.collect_records(exp_dir)
+    report.write_results(exp_dir, spec.name, records, spec.objectives)
+    front = report.pareto_front(records, spec.objectives)
+    counts = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"{spec.name}: {len(records)} trials (" + ", ".join(f"{v} {k}" for k, v in
+                                                          sorted(counts.items())) + ")")
+    for r in records:
+        if r["status"] == "failed":
+            print(f"  failed {r['trial_id']}: {r['error']}")
+    if show_front:
+        print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
+              + "):")
+        print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
+    print(f"summary: {exp_dir / 'summary.md'}\ntensorboard --logdir {exp_dir}")
+    unfinished = [r for r in records if r["status"] in ("running", "pending")]
+    if unfinished or len(records) < spec.search.num_samples:
+        print(f"the search is unfinished ({len(records)} of {spec.search.num_samples} trials "
+              f"started, {len(unfinished)} unfinished): sd-tune resume {exp_dir}")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    spec, raw = _load(args)
+    _preflight_data(spec.trial)
+    from sd_tune import ray_train, search
+
+    storage = args.storage or spec.storage
+    exp_dir = Path(ray_train.storage_root(storage), spec.name)
+    if (exp_dir / search.SPEC_FILE).exists():
+        raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue it "
+                         f"with `sd-tune resume {exp_dir}`, or start a new one with --name NEW")
+    ray_train.init_ray(args.address)
+    problem = ray_train.resource_problem(spec.trial)
+    if problem:
+        raise UsageError(problem)
+    search.run_search(spec, raw, storage, max_failures=args.max_failures)
+    return _report_experiment(exp_dir)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from sd_tune import ray_train, search
+
+    exp_dir = Path(args.dir).expanduser().resolve()
+    if not (exp_dir / search.SPEC_FILE).is_file():
+        raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {search.SPEC_FILE}); "
+                         "pass the folder `sd-tune launch` printed, <storage>/<name>")
+    ray_train.init_ray(args.address)
+    search.resume_search(exp_dir, max_failures=args.max_failures)
+    return _report_experiment(exp_dir)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sd_tune import search
+
+    exp_dir = Path(args.dir).expanduser().resolve()
+    if not (exp_dir / search.SPEC_FILE).is_file():
+        raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {search.SPEC_FILE})")
+    return _report_experiment(exp_dir)
+
+
+def _space_args(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
+    p.add_argument("--space", default="search_spaces/fashion_mnist.yaml",
+                   help="search-space YAML file (default: search_spaces/fashion_mnist.yaml, "
+                        "the embedded default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.epochs=1 "
+                        "--set search.num_samples=4 (repeatable)")
+    if storage:
+        p.add_argument("--storage", help="results root: a path or s3:// / gs:// URI "
+                                         "(default: the file's storage, usually results/)")
+
+
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (auto, ray://host:port, host:port); "
+                                     "default $RAY_ADDRESS, else a local Ray")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="worker-group restarts of a trial from its last checkpoint (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sd-tune", description="Find how much stochastic depth a ResNet should get.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    launch = sub.add_parser(
+        "launch", help="run the search of a space file",
+        description="Run a Ray Tune experiment: Optuna proposes drop rate, distribution, depth "
+                    "and whatever else the file's `space` lists; each trial trains with Ray "
+                    "Train DDP workers. Results go to <storage>/<name>/: Tune's trial folders, "
+                    "trials.csv/json, pareto.json, time_to_accuracy.json, summary.md and "
+                    "TensorBoard entries.")
+    _space_args(launch)
+    launch.add_argument("--name", help="experiment name (default: the file's name)")
+    _ray_args(launch)
+    launch.set_defaults(func=_launch)
+    resume = sub.add_parser("resume", help="continue an interrupted search",
+                            description="Continue an interrupted experiment: finished trials "
+                                        "are kept, unfinished ones continue from their "
+                                        "checkpoints, and the search stops at num_samples.")
+    resume.add_argument("dir", help="the experiment folder, <storage>/<name>")
+    _ray_args(resume)
+    resume.set_defaults(func=_resume)
+    rep = sub.add_parser("report", help="rebuild an experiment's summary files",
+                         description="Rebuild trials.csv/json, pareto.json, "
+                                     "time_to_accuracy.json, summary.md and the TensorBoard "
+                                     "entries from what the experiment folder holds.")
+    rep.add_argument("dir", help="the experiment folder, <storage>/<name>")
+    rep.set_defaults(func=_report)
+    val = sub.add_parser("validate", help="check a space file without starting anything",
+                         description="Check a space file completely and list every problem.")
+    _space_args(val, storage=False)
+    val.set_defaults(func=_validate)
     train = sub.add_parser(
         "train", help="train one configuration (the file's fixed settings) on Ray Train",
         description="Train the fixed settings of a search-space file once, with Ray Train "
                     "DDP workers and without Tune. Prints one line per epoch; metrics "
                     "(metrics.jsonl), TensorBoard scalars and checkpoints go to "
                     "<storage>/<name>/.")
-    train.add_argument("--space", default="search_spaces/fashion_mnist.yaml",
-                       help="search-space YAML file (default: search_spaces/fashion_mnist.yaml)")
-    train.add_argument("--storage", help="results root: a path or s3:// / gs:// URI "
-                                         "(default: the file's storage, usually results/)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting, e.g. --set train.epochs=1 "
-                            "--set stochastic_depth.method=block (repeatable)")
+    _space_args(train)
     train.add_argument("--name", help="run name (default: train-<space name>-<time>)")
-    train.add_argument("--address", help="Ray cluster address (auto, ray://host:port, "
-                                         "host:port); default $RAY_ADDRESS, else a local Ray")
-    train.add_argument("--max-failures", type=int, default=1,
-                       help="worker-group restarts from the last checkpoint (default 1)")
+    _ray_args(train)
     train.set_defaults(func=_train)
     rates = sub.add_parser("rates", help="show the per-block drop rates surgery gives a model",
                            description="Apply stochastic depth to a model and print the "

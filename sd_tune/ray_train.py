@@ -8,6 +8,7 @@ not imported here: ``sd_tune.search`` runs this trainer inside a Tune function t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -65,11 +66,22 @@ def scaling_config(trial: TrialConfig) -> ScalingConfig:
                          resources_per_worker=resources)
 
 
+def _quiet_train_reports() -> None:
+    """Ray 2.60's Train worker logs every report at INFO on the console, through a logger
+    named after its source file (so LoggingConfig's "ray.train" level misses it)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: nothing to quieten
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: the sd-tune training loop, resumed if Ray has a
     checkpoint (after a worker failure or a Tune restore)."""
     from sd_tune.train import run_trial  # imported in the worker, after the process group
 
+    _quiet_train_reports()
     trial = config_to_trial(config)
     rank = ray.train.get_context().get_world_rank()
     sd = StochasticDepth(stochastic_method=trial.stochastic_depth.method)
@@ -161,10 +173,14 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True,
+    # Worker output stays in Ray's log files (/tmp/ray/session_latest/logs): the terminal gets
+    # sd-tune's own progress lines, which come through the driver.
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False,
                               "configure_logging": True}
     if address is None:
-        kwargs["include_dashboard"] = False
+        # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner
+        # polls; it listens on loopback only.
+        kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
     ray.init(address=address, **kwargs)
 
 

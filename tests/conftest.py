@@ -14,8 +14,8 @@ def ray_session() -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
-             logging_level="WARNING", configure_logging=True)
+    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=True,
+             dashboard_host="127.0.0.1", logging_level="WARNING", configure_logging=True)
     try:
         yield
     finally:

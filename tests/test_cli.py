@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -29,3 +32,57 @@ def test_user_error_is_one_line_and_exit_2() -> None:
     bad_rate = run("rates", "--drop-rate", "1.5")
     assert bad_rate.returncode == 2
     assert "`0 <= drop_rate <= 1` must hold, but got drop_rate=1.5" in bad_rate.stderr
+
+
+def write_space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["validate", "launch", "train"])
+def test_bad_space_file_lists_every_problem_and_exits_2(tmp_path: Path, command: str) -> None:
+    space = write_space(tmp_path, "name: bad\nmodel: {family: resnet, depth: 51}\n"
+                                  "train: {epochs: 0, warmup_epochs: 0, lr: fast}\nbogus: 1\n")
+    result = run(command, "--space", space)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{space}: 4 problems:" in result.stderr
+    for key in ("bogus", "model.depth", "train.epochs", "train.lr"):
+        assert f"  {key}: " in result.stderr
+
+
+def test_missing_file_and_bad_set_exit_2(tmp_path: Path) -> None:
+    missing = run("validate", "--space", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    bad_set = run("validate", "--space", "search_spaces/smoke.yaml", "--set", "epochs")
+    assert bad_set.returncode == 2 and "--set takes section.key=value" in bad_set.stderr
+    wrong = run("validate", "--space", "search_spaces/smoke.yaml", "--set",
+                "stochastic_depth.drop_rate=2")
+    assert wrong.returncode == 2 and "stochastic_depth.drop_rate" in wrong.stderr
+
+
+def test_validate_ok_for_every_shipped_space() -> None:
+    for path in sorted(Path("search_spaces").glob("*.yaml")):
+        result = run("validate", "--space", str(path))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"{path}: ok:")
+
+
+def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
+    space = write_space(tmp_path, f"name: nodata\ndataset: {{name: cifar10, root: {tmp_path}}}\n")
+    for command in ("launch", "train"):
+        result = run(command, "--space", space, "--storage", str(tmp_path))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
+        assert not (tmp_path / "nodata").exists()
+
+
+@pytest.mark.slow
+def test_gpu_space_on_a_cpu_cluster_fails_with_the_numbers(tmp_path: Path) -> None:
+    space = write_space(tmp_path, "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n")
+    result = run("launch", "--space", space, "--storage", str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
+        result.stderr
+    assert "Traceback" not in result.stderr

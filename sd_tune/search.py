@@ -1,0 +1,364 @@
+"""The search: a Ray Tune experiment whose trials are Ray Train trials, searched by Optuna.
+
+Each Tune trial is a function that builds a ``TorchTrainer`` (Train V2) named after the Tune
+trial id, with ``TuneReportCallback``; a restored experiment therefore finds each unfinished
+trial's Train checkpoints. Tune does not see the workers' resources, so concurrency is set
+from them here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sd_tune import ray_train
+from sd_tune.config import (
+    SpaceFile,
+    apply_overrides,
+    space_from_dict,
+    trial_from_dict,
+    validate_trial,
+)
+
+SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
+TRIAL_DRIVER_MEMORY = 64 * 1024**2  # bytes of Ray's logical memory resource per Tune trial
+
+
+def optuna_distributions(space: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a ``space`` section into Optuna distributions and fixed values.
+
+    >>> dists, fixed = optuna_distributions({"stochastic_depth.drop_rate": {"uniform": [0, 0.5]},
+    ...                                      "model.depth": {"choice": [20, 56]}, "train.lr": 0.2})
+    >>> sorted(dists), fixed
+    (['model.depth', 'stochastic_depth.drop_rate'], {'train.lr': 0.2})
+    """
+    dists: dict[str, Any] = {}
+    fixed: dict[str, Any] = {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict):
+            fixed[key] = spec
+            continue
+        kind, args = next(iter(spec.items()))
+        if kind == "uniform":
+            dists[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]))
+        elif kind == "loguniform":
+            dists[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]),
+                                                                log=True)
+        elif kind == "int":
+            dists[key] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]))
+        else:
+            dists[key] = optuna.distributions.CategoricalDistribution(list(args))
+    return dists, fixed
+
+
+def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
+    seed = spec.search.seed
+    if spec.search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    startup = min(10, max(2, spec.search.num_samples // 3))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup,
+                                      constant_liar=True)
+
+
+def make_searcher(spec: SpaceFile) -> OptunaSearch:
+    dists, _ = optuna_distributions(spec.space)
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
+    return OptunaSearch(space=dists, metric=metrics if len(metrics) > 1 else metrics[0],
+                        mode=modes if len(modes) > 1 else modes[0],
+                        sampler=make_sampler(spec))
+
+
+def make_scheduler(spec: SpaceFile) -> ASHAScheduler | None:
+    s = spec.search.scheduler
+    if s is None:
+        return None
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
+                         max_t=max_epochs(spec), grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+
+
+def max_epochs(spec: SpaceFile) -> int:
+    entry = spec.space.get("train.epochs")
+    if isinstance(entry, dict):
+        args = next(iter(entry.values()))
+        return int(max(args))
+    return int(entry) if entry is not None else spec.trial.train.epochs
+
+
+def trial_resources(spec: SpaceFile) -> dict[str, float]:
+    """What one trial's workers hold together (Tune's own trial actor holds nothing)."""
+    r = spec.trial.resources
+    out = {"CPU": r.num_workers * r.cpus_per_worker}
+    gpus = ray_train.gpus_per_worker(spec.trial)
+    if gpus:
+        out["GPU"] = r.num_workers * gpus
+    return out
+
+
+def concurrency(spec: SpaceFile, cluster: dict[str, float]) -> int:
+    """How many trials can run at once without one waiting forever for its workers.
+
+    >>> from sd_tune.config import space_from_dict
+    >>> concurrency(space_from_dict({"resources": {"num_workers": 2, "cpus_per_worker": 1}}),
+    ...             {"CPU": 2.0})
+    1
+    """
+    need = trial_resources(spec)
+    fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    fits = max(fits, 0)
+    if spec.search.max_concurrent_trials is not None:
+        fits = min(fits, spec.search.max_concurrent_trials)
+    return min(fits, spec.search.num_samples)
+
+
+def build_trial(base: dict[str, Any], params: dict[str, Any]):
+    """The trial config for one set of searched values (raises ValueError if invalid)."""
+    problems: list[tuple[str, str]] = []
+    trial = trial_from_dict(apply_overrides(base, params), problems)
+    if not problems:
+        validate_trial(trial, problems)
+    if problems:
+        raise ValueError("invalid trial configuration: "
+                         + "; ".join(f"{p}: {m}" for p, m in problems))
+    return trial
+
+
+def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None,
+                      storage: str = "", experiment: str = "", max_failures: int = 1) -> None:
+    """The Tune function trainable: one Ray Train run per Tune trial."""
+    assert base is not None
+    params = {k: v for k, v in config.items() if "." in k}
+    trial = build_trial(base, params)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = ray_train.make_trainer(
+        trial, storage_path=f"{storage.rstrip('/')}/{experiment}/train_runs",
+        name=f"train_{trial_id}", max_failures=max_failures, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def trainable(spec: SpaceFile, storage: str, max_failures: int = 1) -> Any:
+    base = apply_overrides(spec.trial.to_dict(), optuna_distributions(spec.space)[1])
+    fn = tune.with_parameters(run_trial_in_tune, base=base, storage=storage,
+                              experiment=spec.name, max_failures=max_failures)
+    # The Tune trial only waits on its TorchTrainer: it holds no CPU (a token of memory, since
+    # Ray needs some resource), so a trial's CPUs all go to its Train workers.
+    return tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+
+
+def _fmt_duration(seconds: float) -> str:
+    """``h:mm:ss``.
+
+    >>> _fmt_duration(3725.2)
+    '1:02:05'
+    """
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class Progress(tune.Callback):
+    """One compact status line per finished trial: done/running/failed of the total, best
+    objectives so far, elapsed time and an estimate of the time left. Failed trials are listed
+    with their reason as they fail. Counts come from Tune's trial list, so they hold after a
+    resume too."""
+
+    def __init__(self, spec: SpaceFile, emit: Callable[[str], None] = print) -> None:
+        self.spec = spec
+        self.emit = emit
+        self.start = time.monotonic()
+        self.best: dict[str, float] = {}
+        self.durations: list[float] = []
+        self.started: dict[str, float] = {}
+
+    def setup(self, **info: Any) -> None:
+        self.start = time.monotonic()
+
+    def _status(self, trials: list[Any], ending: Any = None, failed_now: bool = False) -> None:
+        # Tune calls on_trial_complete/on_trial_error before it updates the trial's status.
+        others = [t for t in trials if t is not ending]
+        running = sum(1 for t in others if t.status == "RUNNING")
+        done = sum(1 for t in others if t.status == "TERMINATED")
+        failed = sum(1 for t in others if t.status == "ERROR")
+        if ending is not None:
+            failed += failed_now
+            done += not failed_now
+        total = self.spec.search.num_samples
+        elapsed = time.monotonic() - self.start
+        eta = ""
+        if self.durations and done + failed < total:
+            per = sum(self.durations) / len(self.durations)
+            slots = max(1, running)
+            eta = f", ~{_fmt_duration(per * (total - done - failed) / slots)} left"
+        best = " ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
+        self.emit(f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
+                  f"{failed} failed of {total} | best {best}{eta}")
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.started[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict,
+                        **info: Any) -> None:
+        for o in self.spec.objectives:
+            value = result.get(o.metric)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            old = self.best.get(o.metric)
+            if old is None or (value > old if o.mode == "max" else value < old):
+                self.best[o.metric] = float(value)
+
+    def _finish(self, trial: Any) -> None:
+        begun = self.started.pop(trial.trial_id, None)
+        if begun is not None:
+            self.durations.append(time.monotonic() - begun)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        self._finish(trial)
+        self._status(trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._finish(trial)
+        self.emit(f"trial {trial.trial_id} failed: {trial_error(trial)}")
+        self._status(trials, trial, failed_now=True)
+
+
+def trial_error(trial: Any) -> str:
+    """The last line of a Tune trial's error (its root cause), or ''."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text()
+    elif getattr(trial, "path", None) and (Path(trial.path) / "error.txt").is_file():
+        text = (Path(trial.path) / "error.txt").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.startswith(("Traceback", "  ", "The above exception"))]
+    return lines[-1] if lines else ""
+
+
+def save_spec(spec: SpaceFile, exp_dir: Path, raw: dict[str, Any]) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / SPEC_FILE).write_text(json.dumps({"raw": raw, "source": spec.source}, indent=2))
+
+
+def load_spec(exp_dir: Path) -> tuple[SpaceFile, dict[str, Any]]:
+    saved = json.loads((exp_dir / SPEC_FILE).read_text())
+    return space_from_dict(saved["raw"], saved["source"]), saved["raw"]
+
+
+class ScalarsOnlyTBX(TBXLoggerCallback):
+    """Tune's TensorBoard logger without its HParams entries: TensorBoard shows one HParams
+    experiment per logdir, and sd-tune's report writes the one with every trial's results."""
+
+    def _try_log_hparams(self, trial: Any, result: dict) -> None:
+        return None
+
+
+def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
+    # Tune's own tables and banners would bury the progress lines: the legacy reporter at
+    # verbosity 0 prints nothing, and Optuna keeps its per-trial INFO lines to itself.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Tune's default loggers, listed here so that its TensorBoard one can leave HParams out.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    loggers = [JsonLoggerCallback(), CSVLoggerCallback(), ScalarsOnlyTBX()]
+    return tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
+                          callbacks=[*loggers, *callbacks],
+                          failure_config=tune.FailureConfig(max_failures=0))
+
+
+def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
+               emit: Callable[[str], None] = print, max_failures: int = 1) -> Path:
+    """Run the whole experiment (Ray must be initialised); return its folder."""
+    root = ray_train.storage_root(storage)
+    exp_dir = Path(root, spec.name)
+    save_spec(spec, exp_dir, raw)
+    slots = concurrency(spec, ray.cluster_resources())
+    emit(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
+         f"results in {exp_dir}")
+    tuner = tune.Tuner(
+        trainable(spec, root, max_failures),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec), scheduler=make_scheduler(spec),
+            num_samples=spec.search.num_samples, max_concurrent_trials=max(slots, 1),
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune_run_config(spec, root, [Progress(spec, emit)]),
+    )
+    tuner.fit()
+    return exp_dir
+
+
+def resume_search(exp_dir: Path, *, emit: Callable[[str], None] = print,
+                  max_failures: int = 1) -> Path:
+    """Continue an interrupted experiment: finished trials stay, unfinished ones continue from
+    their checkpoints, the searcher keeps its state (so the total stays ``num_samples``)."""
+    spec, _ = load_spec(exp_dir)
+    root = str(exp_dir.parent)
+    emit(f"resuming experiment {spec.name} in {exp_dir}")
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable(spec, root, max_failures),
+                               resume_unfinished=True, resume_errored=False,
+                               restart_errored=False)
+    tuner.fit()  # Tune restores the run config, callbacks (Progress) included
+    return exp_dir
+
+
+def collect_records(exp_dir: Path) -> list[dict[str, Any]]:
+    """Every trial of a stored experiment as a plain record (see ``sd_tune.report``)."""
+    from ray.tune import ExperimentAnalysis
+
+    spec, _ = load_spec(exp_dir)
+    base = apply_overrides(spec.trial.to_dict(), optuna_distributions(spec.space)[1])
+    analysis = ExperimentAnalysis(str(exp_dir))
+    records = []
+    for t in analysis.trials:
+        params = {k: v for k, v in t.config.items() if "." in k}
+        history = _history(Path(t.path))
+        epochs = int(apply_overrides(base, params)["train"].get("epochs", 0) or 0)
+        final = history[-1] if history else {}
+        if t.status == "ERROR":
+            status = "failed"
+        elif t.status == "TERMINATED":
+            status = "completed" if int(final.get("epoch", 0)) >= epochs else "stopped_early"
+        else:
+            status = "running" if t.status == "RUNNING" else "pending"
+        flat = {f"{s}.{k}": v for s, sec in apply_overrides(base, params).items()
+                if isinstance(sec, dict) for k, v in sec.items()}
+        records.append({
+            "trial_id": t.trial_id, "status": status, "params": params, "config": flat,
+            "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
+            "history": history, "error": trial_error(t) or None, "logdir": str(t.path),
+            "worker_node_ids": final.get("worker_node_ids", []),
+        })
+    return records
+
+
+_KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "train_time_s",
+         "wall_time_s", "images_per_s", "lr", "expected_depth", "test_acc", "test_acc5",
+         "test_loss", "worker_node_ids")
+
+
+def _history(trial_dir: Path) -> list[dict[str, Any]]:
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.append({k: row[k] for k in _KEEP if k in row})
+    return out

@@ -1,0 +1,152 @@
+"""The search end to end, as a user runs it: `sd-tune launch` in a subprocess on real Ray,
+Optuna and Fashion-MNIST; its files read back (TensorBoard's own reader for the events);
+resume after SIGINT and after SIGKILL; a failing trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                       reason="needs Debian's dataset-fashion-mnist"),
+]
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sd_tune.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "sd_tune.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def tensorboard_runs(root: Path) -> dict[str, object]:
+    """Every run folder under ``root`` that holds event files, loaded by TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = {}
+    for events in root.rglob("events.out.tfevents.*"):
+        run = events.parent
+        if str(run) not in runs:
+            acc = EventAccumulator(str(run), size_guidance={"images": 0, "tensors": 0})
+            acc.Reload()
+            runs[str(run)] = acc
+    return runs
+
+
+def finished_trials(exp_dir: Path, epochs: int) -> int:
+    n = 0
+    for result in exp_dir.glob("trial_*/result.json"):
+        lines = [ln for ln in result.read_text().splitlines() if ln.strip()]
+        n += len(lines) >= epochs
+    return n
+
+
+def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
+    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    exp = tmp_path / "smoke"
+    assert "Pareto front" in out and f"tensorboard --logdir {exp}" in out
+    assert "trials: 3 done, 0 running, 0 failed of 3" in out
+    records = json.loads((exp / "trials.json").read_text())
+    records = records["trials"] if isinstance(records, dict) else records
+    assert len(records) == 3 and {r["status"] for r in records} == {"completed"}
+    configs = {json.dumps(r["params"], sort_keys=True) for r in records}
+    assert len(configs) == 3, "Optuna proposed the same configuration twice"
+    for r in records:
+        assert r["final"]["epoch"] == 2 and 0 <= r["final"]["val_acc"] <= 1
+    csv_rows = (exp / "trials.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + 3
+    pareto = json.loads((exp / "pareto.json").read_text())
+    front = pareto["front"] if isinstance(pareto, dict) else pareto
+    ids = {r["trial_id"] for r in records}
+    assert front and {p["trial_id"] for p in front} <= ids
+    tta = json.loads((exp / "time_to_accuracy.json").read_text())
+    points = tta["points"] if isinstance(tta, dict) else tta
+    assert points and {p["trial_id"] for p in points} <= ids
+    best = max(r["final"]["val_acc"] for r in records)
+    assert points[-1]["val_acc"] == pytest.approx(max(
+        h["val_acc"] for r in records for h in r["history"]))
+    assert best <= points[-1]["val_acc"] + 1e-12
+    assert (exp / "summary.md").read_text().count(next(iter(ids))[:8]) >= 1
+    runs = tensorboard_runs(exp / "tensorboard")
+    sessions = [acc for acc in runs.values()
+                if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")]
+    assert len(sessions) == 3
+    assert any(acc.Tags()["images"] for acc in runs.values())
+
+
+def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
+    name = f"resume_{sig}"
+    proc = start("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
+                 "--name", name, "--set", "search.num_samples=3")
+    exp = tmp_path / name
+    deadline = time.time() + 300
+    try:
+        while finished_trials(exp, epochs=2) < 1:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.time() < deadline, "no trial finished in 300 s"
+            time.sleep(1)
+        os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = {p.parent.name: p.read_text() for p in exp.glob("trial_*/result.json")
+              if len(p.read_text().splitlines()) >= 2}
+    assert before, "a finished trial is needed before the interruption"
+    result = cli("resume", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = json.loads((exp / "trials.json").read_text())
+    records = records["trials"] if isinstance(records, dict) else records
+    assert len(records) == 3, [r["trial_id"] for r in records]
+    assert all(r["status"] == "completed" for r in records), records
+    for trial_dir, text in before.items():
+        assert (exp / trial_dir / "result.json").read_text() == text, \
+            f"{trial_dir} was re-run or lost metrics"
+
+
+def test_resume_after_sigint(tmp_path: Path) -> None:
+    _interrupt_then_resume(tmp_path, signal.SIGINT)
+
+
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    _interrupt_then_resume(tmp_path, signal.SIGKILL)
+
+
+def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> None:
+    space = yaml.safe_load((REPO / "search_spaces/smoke.yaml").read_text())
+    space["name"] = "failing"
+    space["space"] = {"train.fail_at_epoch": {"choice": [None, 1]},
+                      "stochastic_depth.drop_rate": {"uniform": [0.0, 0.5]}}
+    space["search"] = {"sampler": "random", "seed": 3, "num_samples": 3}
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = cli("launch", "--space", str(path), "--storage", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = json.loads((tmp_path / "failing" / "trials.json").read_text())
+    records = records["trials"] if isinstance(records, dict) else records
+    failed = [r for r in records if r["status"] == "failed"]
+    completed = [r for r in records if r["status"] == "completed"]
+    assert failed and completed, [r["status"] for r in records]
+    for r in failed:
+        assert "non-finite" in r["error"] and "epoch 1" in r["error"]
+        assert f"failed {r['trial_id']}" in result.stdout
+    pareto = json.loads((tmp_path / "failing" / "pareto.json").read_text())
+    front = pareto["front"] if isinstance(pareto, dict) else pareto
+    assert {p["trial_id"] for p in front} <= {r["trial_id"] for r in completed}
