@@ -425,16 +425,12 @@ def summary_markdown(exp_dir: str | Path, name: str, records: Sequence[Record],
             lines.append(f"- `{rec['trial_id']}`{where}: {_reason(rec.get('error'))}")
         lines.append("")
 
-    tb_dir = shlex.quote(str(Path(exp_dir) / TENSORBOARD_DIR))
     lines += ["## Files and TensorBoard", "",
               "`trials.csv`, `trials.json` (with every epoch report), `pareto.json`, "
               "`time_to_accuracy.json`, `pareto.png`.", "",
-              "HParams (one session per trial), the Pareto figure (Images) and this summary "
-              "(Text):", "",
-              f"    tensorboard --logdir {tb_dir}", "",
-              "The experiment folder as a whole (adds the per-trial curves of the trial "
-              "folders; if those hold HParams data of their own, the HParams tab may show "
-              "that instead):", "",
+              "HParams (one session per trial, in `tensorboard/`), the Pareto figure (Images), "
+              "this summary (Text) and every trial's per-epoch curves (Scalars, from Tune's "
+              "trial folders):", "",
               f"    tensorboard --logdir {shlex.quote(str(exp_dir))}", ""]
     return "\n".join(lines)
 

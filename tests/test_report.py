@@ -306,7 +306,7 @@ def test_summary_markdown(written: tuple) -> None:
     assert "Trial `t_best`: val_acc 0.9, train_time_s 100, test_acc 0.89" in text
     table = [line for line in text.splitlines() if line.startswith("| 1 |")]
     assert table and "t_best" in table[0] and "| 56 |" in table[0]
-    assert f"tensorboard --logdir {exp_dir / 'tensorboard'}" in text
+    assert f"tensorboard --logdir {exp_dir}" in text
 
 
 def test_tensorboard_hparams_image_and_text_read_back(written: tuple) -> None:

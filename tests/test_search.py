@@ -73,7 +73,7 @@ def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
     csv_rows = (exp / "trials.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + 3
     pareto = json.loads((exp / "pareto.json").read_text())
-    front = pareto["front"] if isinstance(pareto, dict) else pareto
+    front = pareto["trials"]
     ids = {r["trial_id"] for r in records}
     assert front and {p["trial_id"] for p in front} <= ids
     tta = json.loads((exp / "time_to_accuracy.json").read_text())
@@ -148,5 +148,5 @@ def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> N
         assert "non-finite" in r["error"] and "epoch 1" in r["error"]
         assert f"failed {r['trial_id']}" in result.stdout
     pareto = json.loads((tmp_path / "failing" / "pareto.json").read_text())
-    front = pareto["front"] if isinstance(pareto, dict) else pareto
+    front = pareto["trials"]
     assert {p["trial_id"] for p in front} <= {r["trial_id"] for r in completed}
