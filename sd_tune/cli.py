@@ -184,25 +184,27 @@ def _launch(args: argparse.Namespace) -> int:
     return _report_experiment(exp_dir)
 
 
+def _experiment_dir(path: str) -> Path:
+    from sd_tune.search import SPEC_FILE
+
+    exp_dir = Path(path).expanduser().resolve()
+    if not (exp_dir / SPEC_FILE).is_file():
+        raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "
+                         "pass the folder `sd-tune launch` printed, <storage>/<name>")
+    return exp_dir
+
+
 def _resume(args: argparse.Namespace) -> int:
     from sd_tune import ray_train, search
 
-    exp_dir = Path(args.dir).expanduser().resolve()
-    if not (exp_dir / search.SPEC_FILE).is_file():
-        raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {search.SPEC_FILE}); "
-                         "pass the folder `sd-tune launch` printed, <storage>/<name>")
+    exp_dir = _experiment_dir(args.dir)
     ray_train.init_ray(args.address)
     search.resume_search(exp_dir, max_failures=args.max_failures)
     return _report_experiment(exp_dir)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sd_tune import search
-
-    exp_dir = Path(args.dir).expanduser().resolve()
-    if not (exp_dir / search.SPEC_FILE).is_file():
-        raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {search.SPEC_FILE})")
-    return _report_experiment(exp_dir)
+    return _report_experiment(_experiment_dir(args.dir))
 
 
 def _space_args(p: argparse.ArgumentParser, *, storage: bool = True) -> None:

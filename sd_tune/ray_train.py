@@ -20,6 +20,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
@@ -84,6 +85,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_train_reports()
     trial = config_to_trial(config)
     rank = ray.train.get_context().get_world_rank()
+    if not trial.resources.use_gpu:
+        # A worker process may have imported torch before Ray set OMP_NUM_THREADS for it: size
+        # its thread pool to the CPUs it holds, or 2 workers on 2 cores run 4 busy threads.
+        torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))
     sd = StochasticDepth(stochastic_method=trial.stochastic_depth.method)
 
     def prepare(model):

@@ -76,6 +76,7 @@ def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
 
 
 def make_searcher(spec: SpaceFile) -> OptunaSearch:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line per study and trial
     dists, _ = optuna_distributions(spec.space)
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
@@ -205,15 +206,15 @@ class Progress(tune.Callback):
             per = sum(self.durations) / len(self.durations)
             slots = max(1, running)
             eta = f", ~{_fmt_duration(per * (total - done - failed) / slots)} left"
-        best = " ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
+        best = ", ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
         self.emit(f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
-                  f"{failed} failed of {total} | best {best}{eta}")
+                  f"{failed} failed of {total} | best final {best}{eta}")
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict,
-                        **info: Any) -> None:
+    def _update_best(self, result: dict) -> None:
+        """Best final values so far (per objective; an epoch report is not a final value)."""
         for o in self.spec.objectives:
             value = result.get(o.metric)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -229,6 +230,7 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
+        self._update_best(trial.last_result or {})
         self._finish(trial)
         self._status(trials, trial)
 
@@ -271,11 +273,10 @@ class ScalarsOnlyTBX(TBXLoggerCallback):
 
 def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
     # Tune's own tables and banners would bury the progress lines: the legacy reporter at
-    # verbosity 0 prints nothing, and Optuna keeps its per-trial INFO lines to itself.
+    # verbosity 0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # Tune's default loggers, listed here so that its TensorBoard one can leave HParams out.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     loggers = [JsonLoggerCallback(), CSVLoggerCallback(), ScalarsOnlyTBX()]
     return tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
                           callbacks=[*loggers, *callbacks],
