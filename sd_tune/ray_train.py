@@ -183,8 +183,10 @@ def init_ray(address: str | None = None) -> None:
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False,
                               "configure_logging": True}
     if address is None:
+        # "local": a new Ray of our own, even where /tmp/ray remembers an earlier `ray start`.
         # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner
         # polls; it listens on loopback only.
+        address = "local"
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
     ray.init(address=address, **kwargs)
 
