@@ -324,6 +324,21 @@ _Loader.add_implicit_resolver(
 )
 
 
+def make_trial(data: dict[str, Any], source: str = "<trial>") -> TrialConfig:
+    """A validated :class:`TrialConfig` from section mappings, or :class:`ConfigError`.
+
+    >>> make_trial({"model": {"family": "resnet", "depth": 50}}).model.arch
+    'resnet50'
+    """
+    problems: list[tuple[str, str]] = []
+    trial = trial_from_dict(data, problems)
+    if not problems:
+        validate_trial(trial, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return trial
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set key=value`` value as YAML (``0.1``, ``true``, ``null``, ``[1, 2]``).
 

@@ -31,7 +31,7 @@ from ray.train import (
 )
 from ray.train.torch import TorchTrainer
 
-from sd_tune.config import TrialConfig, trial_from_dict, validate_trial
+from sd_tune.config import TrialConfig, make_trial
 from sd_tune.surgery import StochasticDepth
 
 
@@ -41,12 +41,7 @@ def trial_to_config(trial: TrialConfig) -> dict[str, Any]:
 
 
 def config_to_trial(config: dict[str, Any]) -> TrialConfig:
-    problems: list[tuple[str, str]] = []
-    trial = trial_from_dict(config["trial"], problems)
-    validate_trial(trial, problems)
-    if problems:
-        raise ValueError("; ".join(f"{p}: {m}" for p, m in problems))
-    return trial
+    return make_trial(config["trial"])
 
 
 def gpus_per_worker(trial: TrialConfig) -> float:

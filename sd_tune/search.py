@@ -26,11 +26,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sd_tune import ray_train
 from sd_tune.config import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
     SpaceFile,
+    TrialConfig,
     apply_overrides,
+    make_trial,
     space_from_dict,
-    trial_from_dict,
-    validate_trial,
 )
 
 SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
@@ -128,16 +130,9 @@ def concurrency(spec: SpaceFile, cluster: dict[str, float]) -> int:
     return min(fits, spec.search.num_samples)
 
 
-def build_trial(base: dict[str, Any], params: dict[str, Any]):
-    """The trial config for one set of searched values (raises ValueError if invalid)."""
-    problems: list[tuple[str, str]] = []
-    trial = trial_from_dict(apply_overrides(base, params), problems)
-    if not problems:
-        validate_trial(trial, problems)
-    if problems:
-        raise ValueError("invalid trial configuration: "
-                         + "; ".join(f"{p}: {m}" for p, m in problems))
-    return trial
+def build_trial(base: dict[str, Any], params: dict[str, Any]) -> TrialConfig:
+    """The trial config for one set of searched values (ConfigError if invalid)."""
+    return make_trial(apply_overrides(base, params), "searched trial configuration")
 
 
 def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None,
@@ -348,9 +343,7 @@ def collect_records(exp_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-_KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "train_time_s",
-         "wall_time_s", "images_per_s", "lr", "expected_depth", "test_acc", "test_acc5",
-         "test_loss", "worker_node_ids")
+_KEEP = (*EPOCH_METRICS, *FINAL_METRICS, "worker_node_ids")
 
 
 def _history(trial_dir: Path) -> list[dict[str, Any]]:
