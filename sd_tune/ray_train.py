@@ -35,9 +35,10 @@ from sd_tune.config import TrialConfig, make_trial
 from sd_tune.surgery import StochasticDepth
 
 
-def trial_to_config(trial: TrialConfig) -> dict[str, Any]:
-    """The ``train_loop_config`` handed to every worker: plain, picklable data."""
-    return {"trial": trial.to_dict()}
+def trial_to_config(trial: TrialConfig, replay_history: bool = False) -> dict[str, Any]:
+    """The ``train_loop_config`` handed to every worker: plain, picklable data.
+    ``replay_history``: a resumed run reports its past epochs again (see ``run_trial``)."""
+    return {"trial": trial.to_dict(), "replay_history": replay_history}
 
 
 def config_to_trial(config: dict[str, Any]) -> TrialConfig:
@@ -107,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
     with checkpoint.as_directory() as resume_dir:
         run_trial(trial, report, resume_dir=resume_dir, device=device, prepare_model=prepare,
-                  log=log)
+                  log=log, replay=bool(config.get("replay_history")))
 
 
 class MetricsLog(UserCallback):
@@ -142,11 +143,12 @@ class MetricsLog(UserCallback):
 
 
 def make_trainer(trial: TrialConfig, *, storage_path: str, name: str,
-                 max_failures: int = 1, callbacks: Sequence[UserCallback] = ()) -> TorchTrainer:
+                 max_failures: int = 1, callbacks: Sequence[UserCallback] = (),
+                 replay_history: bool = False) -> TorchTrainer:
     """A ``TorchTrainer`` for one trial; its run ``name`` lets a restore find its checkpoints."""
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=trial_to_config(trial),
+        train_loop_config=trial_to_config(trial, replay_history),
         scaling_config=scaling_config(trial),
         run_config=RunConfig(
             name=name,

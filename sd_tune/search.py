@@ -142,10 +142,23 @@ def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None
     params = {k: v for k, v in config.items() if "." in k}
     trial = build_trial(base, params)
     trial_id = tune.get_context().get_trial_id()
+    runs = f"{storage.rstrip('/')}/{experiment}/train_runs"
+    name = f"train_{trial_id}"
+    # A Train run of this trial exists already: Tune is restoring the trial (after Ctrl-C or a
+    # killed driver) and has started its results anew, so the run reports its past epochs again.
+    restored = _exists(f"{runs}/{name}")
     trainer = ray_train.make_trainer(
-        trial, storage_path=f"{storage.rstrip('/')}/{experiment}/train_runs",
-        name=f"train_{trial_id}", max_failures=max_failures, callbacks=[TuneReportCallback()])
+        trial, storage_path=runs, name=name, max_failures=max_failures,
+        callbacks=[TuneReportCallback()], replay_history=restored)
     trainer.fit()
+
+
+def _exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path if "://" in path else
+                                               str(Path(path).resolve()))
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
 
 
 def trainable(spec: SpaceFile, storage: str, max_failures: int = 1) -> Any:

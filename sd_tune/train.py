@@ -330,6 +330,7 @@ def run_trial(
     prepare_model: Callable[[nn.Module], nn.Module] | None = None,
     log: Callable[[str], None] | None = None,
     splits: Splits | None = None,
+    replay: bool = False,
 ) -> dict[str, float]:
     """Train one configuration; call ``report(metrics, checkpoint_dir)`` after every epoch.
 
@@ -345,7 +346,9 @@ def run_trial(
     a temporary checkpoint folder that is deleted once ``report`` returns. ``resume_dir``
     continues from such a folder (copied) at the next epoch, with the optimizer, scheduler,
     RNG and stochastic-depth state it holds; a checkpoint of the last epoch returns its
-    metrics without training or reporting. ``splits`` replaces the data that
+    metrics without training. With ``replay``, a resumed run first reports every epoch the
+    checkpoint has already seen again (no checkpoint with them), for a caller whose record of
+    them was lost, such as a restored Tune trial. ``splits`` replaces the data that
     ``cfg.dataset`` describes. ``log`` (default ``print``) gets one line per epoch, on rank 0
     only. Returns the last metrics reported.
 
@@ -361,13 +364,14 @@ def run_trial(
         torch.cuda.set_device(device)
     say = (log or print) if rank == 0 else (lambda _line: None)
     with _deterministic(cfg.train.deterministic):
-        return _run(cfg, report, resume_dir, device, prepare_model, say, splits, rank,
+        return _run(cfg, report, resume_dir, device, prepare_model, say, splits, replay, rank,
                     world_size, t_start)
 
 
 def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
          device: torch.device, prepare_model: Callable[[nn.Module], nn.Module] | None,
-         say: Callable[[str], None], splits: Splits | None, rank: int, world_size: int,
+         say: Callable[[str], None], splits: Splits | None, replay: bool, rank: int,
+         world_size: int,
          t_start: float) -> dict[str, float]:
     t, d = cfg.train, cfg.dataset
     on_gpu = device.type == "cuda"
@@ -413,6 +417,7 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
     start_epoch, global_step = 1, 0
     train_time, wall_before = 0.0, 0.0
     last_metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []  # every epoch's metrics so far, kept in checkpoints
     rng_restored = False
     if resume_dir is not None:
         state = load_checkpoint(resume_dir)
@@ -424,6 +429,7 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
         train_time = float(state["train_time_s"])
         wall_before = float(state["wall_time_s"])
         last_metrics = dict(state["metrics"])
+        history = [dict(m) for m in state.get("history", [last_metrics])]
         rngs = state["rng"]
         if len(rngs) == world_size:
             _set_rng_state(rngs[rank], device)
@@ -431,6 +437,9 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
         changed = _changed_keys(cfg, state["config"])
         say(f"resuming from {resume_dir} after epoch {start_epoch - 1}"
             + (f" (settings changed since: {', '.join(changed)})" if changed else ""))
+        if replay:
+            for past in history:
+                report(dict(past), None)
         if start_epoch > t.epochs:
             say(f"the checkpoint is already at epoch {start_epoch - 1} of {t.epochs}; "
                 "nothing left to train")
@@ -527,6 +536,7 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
             raise FloatingPointError(f"non-finite metrics at epoch {epoch}: "
                                      + ", ".join(f"{k}={metrics[k]}" for k in bad_keys)
                                      + "; the model diverged. Lower train.lr.")
+        history.append(dict(metrics))
 
         # ---- checkpoint and report
         rngs = [_rng_state(device)]
@@ -552,6 +562,7 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
                     "train_time_s": train_time,
                     "wall_time_s": metrics["wall_time_s"],
                     "metrics": metrics,
+                    "history": history,
                     "config": cfg.to_dict(),
                 }, Path(ckpt_dir) / CHECKPOINT_FILE)
                 report(dict(metrics), ckpt_dir)

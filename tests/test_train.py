@@ -310,3 +310,31 @@ def test_ddp_two_ranks_report_in_step(tmp_path: Path) -> None:
         # 256 training images over 2 ranks at 32 per rank: 4 steps of 64 images per epoch.
         state = load_checkpoint(out / "ckpt2")
         assert state["global_step"] == 8 and len(state["rng"]) == 2
+
+
+def test_replay_reports_past_epochs_of_a_resumed_run(tmp_path: Path) -> None:
+    """A restored Tune trial lost its results: ``replay`` reports the checkpoint's epochs
+    again (without checkpoints) before going on; without it, nothing is reported twice."""
+    first = Recorder(tmp_path / "first", stop_after=1)
+    with pytest.raises(Recorder.Stop):
+        run_trial(tiny_cfg(epochs=2), first, log=lambda _: None)
+    seen: list[tuple[dict[str, float], str | None]] = []
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        seen.append((metrics, checkpoint_dir))
+
+    run_trial(tiny_cfg(epochs=2), report, resume_dir=first.dirs[0], replay=True,
+              log=lambda _: None)
+    assert [m["epoch"] for m, _ in seen] == [1, 2]
+    assert seen[0][0] == first.metrics[0] and seen[0][1] is None  # the same numbers, replayed
+    assert seen[1][1] is not None  # epoch 2 is trained and checkpointed
+    again: list[dict[str, float]] = []
+    last = Recorder(tmp_path / "last")
+    run_trial(tiny_cfg(epochs=2), last, log=lambda _: None)
+    run_trial(tiny_cfg(epochs=2), lambda m, c: again.append(m), resume_dir=last.dirs[-1],
+              replay=True, log=lambda _: None)
+    assert again == last.metrics  # finished run: every epoch replayed, nothing trained
+    quiet: list[dict[str, float]] = []
+    run_trial(tiny_cfg(epochs=2), lambda m, c: quiet.append(m), resume_dir=last.dirs[-1],
+              log=lambda _: None)
+    assert quiet == []
