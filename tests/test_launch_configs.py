@@ -1,0 +1,240 @@
+"""launch/: the cluster-launcher configs pass Ray's own validation, the KubeRay RayJob has what
+KubeRay requires, and submit.sh / ray_submit_entry.py build the right commands. No cloud, no
+cluster and no Ray instance are started."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch"
+CLUSTER_CONFIGS = {"aws-gpu.yaml": "s3://", "gcp-gpu.yaml": "gs://"}
+IMAGENET = yaml.safe_load((ROOT / "search_spaces" / "imagenet.yaml").read_text())
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((LAUNCH / name).read_text())
+
+
+def _prepared(name: str) -> dict:
+    """What `ray up` validates: the file merged with the provider's defaults.yaml
+    (prepare_config, the first step of Ray's _bootstrap_config; it reads no cloud)."""
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(copy.deepcopy(_load(name)))
+
+
+def _commands(config: dict) -> list[str]:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
+            "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+    return [c for k in keys for c in config.get(k) or []]
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CONFIGS))
+def test_cluster_config_passes_ray_validation(name):
+    from ray.autoscaler._private.util import validate_config
+
+    raw = _load(name)
+    validate_config(_prepared(name))
+    # prepare_config only adds defaults: everything that matters is in the file itself
+    for key in ("cluster_name", "max_workers", "provider", "auth", "available_node_types",
+                "head_node_type", "file_mounts", "setup_commands", "head_start_ray_commands",
+                "worker_start_ray_commands"):
+        assert key in raw, key
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CONFIGS))
+def test_cluster_config_nodes(name):
+    config = _prepared(name)
+    types_ = config["available_node_types"]
+    head = types_[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_types = {k: v for k, v in types_.items()
+                 if k != config["head_node_type"] and v["resources"].get("GPU", 0) > 0}
+    assert gpu_types, "no GPU worker node type"
+    r = IMAGENET["resources"]
+    for key, t in gpu_types.items():
+        assert 0 <= t["min_workers"] <= t["max_workers"] <= config["max_workers"], key
+        assert t["max_workers"] > 0, key
+        # one node holds a whole ImageNet trial: 8 workers x 1 GPU x 8 CPUs
+        assert t["resources"]["GPU"] >= r["num_workers"] * r.get("gpus_per_worker", 1), key
+        assert t["resources"]["CPU"] >= r["num_workers"] * r["cpus_per_worker"], key
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CONFIGS))
+def test_cluster_config_installs_sd_tune_from_the_mounted_repo(name):
+    config = _prepared(name)
+    mounts = config["file_mounts"]
+    repo = [remote for remote, local in mounts.items() if local in (".", "./")]
+    assert repo == ["~/sd-tune"]
+    setup = config["setup_commands"]
+    assert not any("apt-get" in c for c in _commands(config))
+    install = [i for i, c in enumerate(setup) if "pip install" in c and "-e ~/sd-tune" in c]
+    torch = [i for i, c in enumerate(setup) if "pip install" in c and "torch==" in c]
+    assert install and torch and torch[0] < install[0]
+    for key in ("head_setup_commands", "worker_setup_commands"):  # setup_commands run on both
+        assert config[key][:len(setup)] == setup
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CONFIGS))
+def test_cluster_config_dashboard_auth_and_storage(name):
+    config = _prepared(name)
+    text = json.dumps(config)
+    assert "0.0.0.0" not in text
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "ray start --head" in head_start and "--dashboard-host=127.0.0.1" in head_start
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    uris = re.findall(r"SD_TUNE_STORAGE=([^\s'\"]+)", " ".join(config["setup_commands"]))
+    assert uris and all(u.startswith(CLUSTER_CONFIGS[name]) for u in uris), uris
+
+
+def test_kuberay_rayjob():
+    job = _load("kuberay-rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["metadata"]["name"]
+    spec = job["spec"]
+    entry = spec["entrypoint"].split()
+    assert entry[:2] == ["sd-tune", "launch"]
+    assert entry[entry.index("--space") + 1] == "search_spaces/imagenet.yaml"
+    assert re.match(r"(s3|gs)://\S+", entry[entry.index("--storage") + 1])
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert isinstance(spec["ttlSecondsAfterFinished"], int)
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert isinstance(runtime_env, dict) and runtime_env["working_dir"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token"
+    head = cluster["headGroupSpec"]
+    assert head["template"]["spec"]["containers"][0]["image"]
+    groups = [head, *cluster["workerGroupSpecs"]]
+    for g in groups:
+        params = g["rayStartParams"]
+        assert isinstance(params, dict)
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()), params
+    assert cluster["workerGroupSpecs"]
+    for g in cluster["workerGroupSpecs"]:
+        assert g["groupName"]
+        assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        container = g["template"]["spec"]["containers"][0]
+        assert container["image"]
+        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 8
+
+
+# submit.sh ------------------------------------------------------------------------------------
+
+def _submit(args, tmp_path, **env_extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "SD_TUNE_")) and k != "RAY"}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token unless a test makes one
+    env.update(env_extra)
+    return subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_submit_sh_syntax_and_help(tmp_path):
+    subprocess.run(["bash", "-n", str(LAUNCH / "submit.sh")], check=True)
+    done = _submit(["-h"], tmp_path)
+    assert done.returncode == 0 and "usage: launch/submit.sh" in done.stdout
+
+
+def test_submit_sh_needs_ray_address(tmp_path):
+    done = _submit(["--storage", "s3://b/p"], tmp_path)
+    assert done.returncode != 0
+    assert "RAY_ADDRESS is not set" in done.stderr
+
+
+def test_submit_sh_needs_shared_storage(tmp_path):
+    done = _submit([], tmp_path, RAY_ADDRESS="http://127.0.0.1:8265")
+    assert done.returncode != 0 and "SD_TUNE_STORAGE" in done.stderr
+    done = _submit(["--storage", "results"], tmp_path, RAY_ADDRESS="http://127.0.0.1:8265")
+    assert done.returncode != 0 and "--storage must be" in done.stderr
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_submit_sh_submits_a_ray_job(tmp_path, token):
+    fake = tmp_path / "ray"
+    out = tmp_path / "args"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {out}\n'
+                    f'echo "${{RAY_AUTH_MODE:-}}" > {out}.mode\n')
+    fake.chmod(0o755)
+    if token:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text("secret")
+    done = _submit(["--set", "train.epochs=1"], tmp_path, RAY=str(fake),
+                   RAY_ADDRESS="http://127.0.0.1:8265", SD_TUNE_STORAGE="s3://b/p")
+    assert done.returncode == 0, done.stderr
+    args = out.read_text().splitlines()
+    job_id = args[args.index("--submission-id") + 1]
+    assert args[:2] == ["job", "submit"]
+    assert args[args.index("--address") + 1] == "http://127.0.0.1:8265"
+    assert "--no-wait" in args and args[args.index("--working-dir") + 1] == "."
+    assert json.loads(args[args.index("--runtime-env-json") + 1])["excludes"]
+    assert args[args.index("--") + 1:] == [
+        "sd-tune", "launch", "--space", "search_spaces/imagenet.yaml", "--storage", "s3://b/p",
+        "--set", "train.epochs=1"]
+    assert f"job id: {job_id}" in done.stdout
+    assert f"ray job logs -f {job_id}" in done.stdout
+    assert f"ray job status {job_id}" in done.stdout
+    assert (out.parent / "args.mode").read_text().strip() == ("token" if token else "")
+
+
+# ray_submit_entry.py --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def entry():
+    spec = importlib.util.spec_from_file_location("ray_submit_entry",
+                                                  LAUNCH / "ray_submit_entry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_entry_knows_the_cli_subcommands(entry):
+    source = (ROOT / "sd_tune" / "cli.py").read_text()
+    assert set(re.findall(r'add_parser\(\s*"(\w+)"', source)) == entry.SUBCOMMANDS
+
+
+def test_entry_builds_the_sd_tune_arguments(entry):
+    env = {"SD_TUNE_STORAGE": "s3://b/p"}
+    assert entry.build_argv(["--space", "search_spaces/imagenet.yaml"], env) == [
+        "launch", "--space", "search_spaces/imagenet.yaml", "--address", "auto",
+        "--storage", "s3://b/p"]
+    assert entry.build_argv([], {}) == ["launch", "--address", "auto"]
+    assert entry.build_argv(["launch", "--storage=gs://x", "--address", "ray://h:10001"],
+                            env) == ["launch", "--storage=gs://x", "--address", "ray://h:10001"]
+    assert entry.build_argv(["resume", "s3://b/p/imagenet"], env) == [
+        "resume", "s3://b/p/imagenet", "--address", "auto"]
+    assert entry.build_argv(["validate", "--space", "x.yaml"], env) == [
+        "validate", "--space", "x.yaml"]
+
+
+def test_entry_main_runs_the_cli_from_the_repo(entry, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_main(argv):
+        seen.update(argv=argv, cwd=Path.cwd())
+        return 0
+
+    cli = types.ModuleType("sd_tune.cli")
+    cli.main = fake_main
+    monkeypatch.setitem(sys.modules, "sd_tune", types.ModuleType("sd_tune"))
+    monkeypatch.setitem(sys.modules, "sd_tune.cli", cli)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("SD_TUNE_HOME", str(tmp_path))
+    monkeypatch.delenv("SD_TUNE_STORAGE", raising=False)
+    assert entry.main(["--space", "search_spaces/smoke.yaml"]) == 0
+    assert seen == {"argv": ["launch", "--space", "search_spaces/smoke.yaml", "--address",
+                             "auto"], "cwd": tmp_path.resolve()}
