@@ -98,6 +98,16 @@ def _preflight_data(trial) -> None:
         raise UsageError(str(err)) from err
 
 
+def _start_ray(address: str | None, trial) -> None:
+    """Start or join Ray; refuse a trial whose workers the cluster can never hold."""
+    from sd_tune import ray_train
+
+    ray_train.init_ray(address)
+    problem = ray_train.resource_problem(trial)
+    if problem:
+        raise UsageError(problem)
+
+
 def _train(args: argparse.Namespace) -> int:
     space, _ = _load(args)
     trial = space.trial
@@ -107,10 +117,7 @@ def _train(args: argparse.Namespace) -> int:
 
     storage = args.storage or space.storage
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    ray_train.init_ray(args.address)
-    problem = ray_train.resource_problem(trial)
-    if problem:
-        raise UsageError(problem)
+    _start_ray(args.address, trial)
     epochs = trial.train.epochs
     print(f"training {trial.model.arch} on {trial.dataset.name}: "
           f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
@@ -139,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_experiment(exp_dir: Path, *, show_front: bool = True) -> int:
+def _report_experiment(exp_dir: Path) -> int:
     from sd_tune import report, search
 
     spec, _ = search.load_spec(exp_dir)
@@ -154,10 +161,8 @@ def _report_experiment(exp_dir: Path, *, show_front: bool = True) -> int:
     for r in records:
         if r["status"] == "failed":
             print(f"  failed {r['trial_id']}: {r['error']}")
-    if show_front:
-        print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
-              + "):")
-        print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
+    print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives) + "):")
+    print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
     print(f"summary: {exp_dir / 'summary.md'}\ntensorboard --logdir {exp_dir}")
     unfinished = [r for r in records if r["status"] in ("running", "pending")]
     if unfinished or len(records) < spec.search.num_samples:
@@ -169,17 +174,14 @@ def _report_experiment(exp_dir: Path, *, show_front: bool = True) -> int:
 def _launch(args: argparse.Namespace) -> int:
     spec, raw = _load(args)
     _preflight_data(spec.trial)
-    from sd_tune import ray_train, search
+    from sd_tune import search
 
     storage = args.storage or spec.storage
-    exp_dir = Path(ray_train.storage_root(storage), spec.name)
+    exp_dir = search.experiment_dir(storage, spec.name)
     if (exp_dir / search.SPEC_FILE).exists():
         raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue it "
                          f"with `sd-tune resume {exp_dir}`, or start a new one with --name NEW")
-    ray_train.init_ray(args.address)
-    problem = ray_train.resource_problem(spec.trial)
-    if problem:
-        raise UsageError(problem)
+    _start_ray(args.address, spec.trial)
     search.run_search(spec, raw, storage, max_failures=args.max_failures)
     return _report_experiment(exp_dir)
 

@@ -32,7 +32,6 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from sd_tune.config import TrialConfig, make_trial
-from sd_tune.surgery import StochasticDepth
 
 
 def trial_to_config(trial: TrialConfig, replay_history: bool = False) -> dict[str, Any]:
@@ -50,6 +49,20 @@ def gpus_per_worker(trial: TrialConfig) -> float:
     if r.gpus_per_worker is not None:
         return r.gpus_per_worker
     return 1.0 if r.use_gpu else 0.0
+
+
+def trial_resources(trial: TrialConfig) -> dict[str, float]:
+    """What one trial's workers hold together (a Tune trial's own actor holds no CPU).
+
+    >>> trial_resources(TrialConfig())
+    {'CPU': 2.0}
+    """
+    r = trial.resources
+    out = {"CPU": r.num_workers * r.cpus_per_worker}
+    gpus = gpus_per_worker(trial)
+    if gpus:
+        out["GPU"] = r.num_workers * gpus
+    return out
 
 
 def scaling_config(trial: TrialConfig) -> ScalingConfig:
@@ -76,7 +89,7 @@ def _quiet_train_reports() -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: the sd-tune training loop, resumed if Ray has a
     checkpoint (after a worker failure or a Tune restore)."""
-    from sd_tune.train import run_trial  # imported in the worker, after the process group
+    from sd_tune.train import ddp_kwargs, run_trial, stochastic_depth_from_config
 
     _quiet_train_reports()
     trial = config_to_trial(config)
@@ -85,12 +98,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # A worker process may have imported torch before Ray set OMP_NUM_THREADS for it: size
         # its thread pool to the CPUs it holds, or 2 workers on 2 cores run 4 busy threads.
         torch.set_num_threads(max(1, int(trial.resources.cpus_per_worker)))
-    sd = StochasticDepth(stochastic_method=trial.stochastic_depth.method)
+    parallel_kwargs = ddp_kwargs(stochastic_depth_from_config(trial))
 
     def prepare(model):
-        return ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={
-                "find_unused_parameters": sd.find_unused_parameters})
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=parallel_kwargs)
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = (ray.train.Checkpoint.from_directory(checkpoint_dir)
@@ -210,16 +221,15 @@ def resource_problem(trial: TrialConfig, resources: dict[str, float] | None = No
     """
     have = ray.cluster_resources() if resources is None else resources
     r = trial.resources
-    need_cpu = r.num_workers * r.cpus_per_worker
-    if need_cpu > have.get("CPU", 0.0) + 1e-9:
+    need = trial_resources(trial)
+    if need["CPU"] > have.get("CPU", 0.0) + 1e-9:
         return (f"the trial needs {r.num_workers} workers x {r.cpus_per_worker} CPU = "
-                f"{need_cpu} CPUs but the Ray cluster has {have.get('CPU', 0.0)} CPUs; lower "
+                f"{need['CPU']} CPUs but the Ray cluster has {have.get('CPU', 0.0)} CPUs; lower "
                 f"resources.num_workers or resources.cpus_per_worker (fractions like 0.5 are "
                 f"fine)")
-    gpus = gpus_per_worker(trial)
-    if gpus and r.num_workers * gpus > have.get("GPU", 0.0) + 1e-9:
-        return (f"the trial needs {r.num_workers} workers x {gpus} GPU = "
-                f"{r.num_workers * gpus} GPUs but the Ray cluster has {have.get('GPU', 0.0)} "
+    if need.get("GPU", 0.0) > have.get("GPU", 0.0) + 1e-9:
+        return (f"the trial needs {r.num_workers} workers x {gpus_per_worker(trial)} GPU = "
+                f"{need['GPU']} GPUs but the Ray cluster has {have.get('GPU', 0.0)} "
                 f"GPUs; run on a GPU cluster (--address) or set resources.use_gpu: false")
     return None
 

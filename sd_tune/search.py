@@ -104,16 +104,6 @@ def max_epochs(spec: SpaceFile) -> int:
     return int(entry) if entry is not None else spec.trial.train.epochs
 
 
-def trial_resources(spec: SpaceFile) -> dict[str, float]:
-    """What one trial's workers hold together (Tune's own trial actor holds nothing)."""
-    r = spec.trial.resources
-    out = {"CPU": r.num_workers * r.cpus_per_worker}
-    gpus = ray_train.gpus_per_worker(spec.trial)
-    if gpus:
-        out["GPU"] = r.num_workers * gpus
-    return out
-
-
 def concurrency(spec: SpaceFile, cluster: dict[str, float]) -> int:
     """How many trials can run at once without one waiting forever for its workers.
 
@@ -122,7 +112,7 @@ def concurrency(spec: SpaceFile, cluster: dict[str, float]) -> int:
     ...             {"CPU": 2.0})
     1
     """
-    need = trial_resources(spec)
+    need = ray_train.trial_resources(spec.trial)
     fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
     fits = max(fits, 0)
     if spec.search.max_concurrent_trials is not None:
@@ -156,14 +146,24 @@ def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None
 def _exists(path: str) -> bool:
     import pyarrow.fs
 
-    fs, inner = pyarrow.fs.FileSystem.from_uri(path if "://" in path else
+    fs, inner = pyarrow.fs.FileSystem.from_uri(path if ray_train.is_uri(path) else
                                                str(Path(path).resolve()))
     return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
 
 
+def base_config(spec: SpaceFile) -> dict[str, Any]:
+    """The sections every trial starts from: the file's settings plus the fixed ``space``
+    values; the searched values go on top."""
+    return apply_overrides(spec.trial.to_dict(), optuna_distributions(spec.space)[1])
+
+
+def experiment_dir(storage: str, name: str) -> Path:
+    """``<storage>/<name>``: where an experiment's files live (local storage only so far)."""
+    return Path(ray_train.storage_root(storage), name)
+
+
 def trainable(spec: SpaceFile, storage: str, max_failures: int = 1) -> Any:
-    base = apply_overrides(spec.trial.to_dict(), optuna_distributions(spec.space)[1])
-    fn = tune.with_parameters(run_trial_in_tune, base=base, storage=storage,
+    fn = tune.with_parameters(run_trial_in_tune, base=base_config(spec), storage=storage,
                               experiment=spec.name, max_failures=max_failures)
     # The Tune trial only waits on its TorchTrainer: it holds no CPU (a token of memory, since
     # Ray needs some resource), so a trial's CPUs all go to its Train workers.
@@ -295,7 +295,7 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
                emit: Callable[[str], None] = print, max_failures: int = 1) -> Path:
     """Run the whole experiment (Ray must be initialised); return its folder."""
     root = ray_train.storage_root(storage)
-    exp_dir = Path(root, spec.name)
+    exp_dir = experiment_dir(storage, spec.name)
     save_spec(spec, exp_dir, raw)
     slots = concurrency(spec, ray.cluster_resources())
     emit(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
@@ -331,13 +331,14 @@ def collect_records(exp_dir: Path) -> list[dict[str, Any]]:
     from ray.tune import ExperimentAnalysis
 
     spec, _ = load_spec(exp_dir)
-    base = apply_overrides(spec.trial.to_dict(), optuna_distributions(spec.space)[1])
+    base = base_config(spec)
     analysis = ExperimentAnalysis(str(exp_dir))
     records = []
     for t in analysis.trials:
         params = {k: v for k, v in t.config.items() if "." in k}
         history = _history(Path(t.path))
-        epochs = int(apply_overrides(base, params)["train"].get("epochs", 0) or 0)
+        config = apply_overrides(base, params)
+        epochs = int(config["train"].get("epochs", 0) or 0)
         final = history[-1] if history else {}
         if t.status == "ERROR":
             status = "failed"
@@ -345,7 +346,7 @@ def collect_records(exp_dir: Path) -> list[dict[str, Any]]:
             status = "completed" if int(final.get("epoch", 0)) >= epochs else "stopped_early"
         else:
             status = "running" if t.status == "RUNNING" else "pending"
-        flat = {f"{s}.{k}": v for s, sec in apply_overrides(base, params).items()
+        flat = {f"{s}.{k}": v for s, sec in config.items()
                 if isinstance(sec, dict) for k, v in sec.items()}
         records.append({
             "trial_id": t.trial_id, "status": status, "params": params, "config": flat,
