@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
+from sd_tune import storage as store
 from sd_tune.stochastic_depth import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
 
 
@@ -98,12 +100,15 @@ def _preflight_data(trial) -> None:
         raise UsageError(str(err)) from err
 
 
-def _start_ray(address: str | None, trial) -> None:
-    """Start or join Ray; refuse a trial whose workers the cluster can never hold."""
+def _start_ray(address: str | None, trial, storage: str | None = None) -> None:
+    """Start or join Ray; refuse a trial whose workers the cluster can never hold, and a
+    ``storage`` that not every node of the cluster sees."""
     from sd_tune import ray_train
 
     ray_train.init_ray(address)
     problem = ray_train.resource_problem(trial)
+    if problem is None and storage is not None:
+        problem = ray_train.storage_problem(storage)
     if problem:
         raise UsageError(problem)
 
@@ -117,7 +122,7 @@ def _train(args: argparse.Namespace) -> int:
 
     storage = args.storage or space.storage
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _start_ray(args.address, trial)
+    _start_ray(args.address, trial, storage)
     epochs = trial.train.epochs
     print(f"training {trial.model.arch} on {trial.dataset.name}: "
           f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
@@ -143,15 +148,48 @@ def _train(args: argparse.Namespace) -> int:
     print(f"metrics: {run_dir / 'metrics.jsonl'}\ntensorboard --logdir {run_dir}")
     (run_dir / "summary.json").write_text(json.dumps(
         {"name": name, "config": trial.to_dict(), "final": last}, indent=2))
+    if store.is_uri(storage):
+        # The run's checkpoints are at the URI already; its metrics and summary join them.
+        remote = store.join(storage, name)
+        try:
+            store.upload(run_dir, remote)
+        except (OSError, ValueError) as err:
+            print(f"sd-tune train: could not copy {run_dir} to {remote}: {err}",
+                  file=sys.stderr)
+            return 1
+        print(f"copied {run_dir} to {remote}")
     return 0
 
 
-def _report_experiment(exp_dir: Path) -> int:
+def _exists(location: str) -> bool:
+    """Whether something is at ``location``; a location that cannot be read is a usage error."""
+    try:
+        return store.exists(location)
+    except (OSError, ValueError) as err:  # a bad URI, no such bucket, missing credentials
+        raise UsageError(f"cannot read {location}: {err}") from err
+
+
+def _write_report(exp_dir: str, spec: Any, records: list[dict[str, Any]]) -> None:
+    """The report files of an experiment, in its folder; for an experiment at a URI they are
+    written to a local temporary folder first and then replace those at the URI."""
+    from sd_tune import report
+
+    if not store.is_uri(exp_dir):
+        report.write_results(exp_dir, spec.name, records, spec.objectives)
+        return
+    with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
+        report.write_results(tmp, spec.name, records, spec.objectives, location=exp_dir)
+        # The old TensorBoard entries go, as they do locally, else TensorBoard shows both.
+        store.remove(store.join(exp_dir, report.TENSORBOARD_DIR))
+        store.upload(tmp, exp_dir)
+
+
+def _report_experiment(exp_dir: str) -> int:
     from sd_tune import report, search
 
     spec, _ = search.load_spec(exp_dir)
     records = search.collect_records(exp_dir)
-    report.write_results(exp_dir, spec.name, records, spec.objectives)
+    _write_report(exp_dir, spec, records)
     front = report.pareto_front(records, spec.objectives)
     counts = {}
     for r in records:
@@ -163,11 +201,12 @@ def _report_experiment(exp_dir: Path) -> int:
             print(f"  failed {r['trial_id']}: {r['error']}")
     print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives) + "):")
     print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
-    print(f"summary: {exp_dir / 'summary.md'}\ntensorboard --logdir {exp_dir}")
+    print(f"summary: {store.join(exp_dir, 'summary.md')}\n"
+          f"tensorboard --logdir {shlex.quote(exp_dir)}")
     unfinished = [r for r in records if r["status"] in ("running", "pending")]
     if unfinished or len(records) < spec.search.num_samples:
         print(f"the search is unfinished ({len(records)} of {spec.search.num_samples} trials "
-              f"started, {len(unfinished)} unfinished): sd-tune resume {exp_dir}")
+              f"started, {len(unfinished)} unfinished): sd-tune resume {shlex.quote(exp_dir)}")
     return 0
 
 
@@ -178,29 +217,33 @@ def _launch(args: argparse.Namespace) -> int:
 
     storage = args.storage or spec.storage
     exp_dir = search.experiment_dir(storage, spec.name)
-    if (exp_dir / search.SPEC_FILE).exists():
+    if _exists(store.join(exp_dir, search.SPEC_FILE)):
         raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue it "
-                         f"with `sd-tune resume {exp_dir}`, or start a new one with --name NEW")
-    _start_ray(args.address, spec.trial)
+                         f"with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new one "
+                         "with --name NEW")
+    _start_ray(args.address, spec.trial, storage)
     search.run_search(spec, raw, storage, max_failures=args.max_failures)
     return _report_experiment(exp_dir)
 
 
-def _experiment_dir(path: str) -> Path:
+def _experiment_dir(path: str) -> str:
+    """The experiment at ``path`` (a folder or a URI) as an absolute path or a URI."""
     from sd_tune.search import SPEC_FILE
 
-    exp_dir = Path(path).expanduser().resolve()
-    if not (exp_dir / SPEC_FILE).is_file():
+    # join with no parts drops a URI's trailing slash
+    exp_dir = store.join(path) if store.is_uri(path) else store.root(path)
+    if not _exists(store.join(exp_dir, SPEC_FILE)):
         raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "
-                         "pass the folder `sd-tune launch` printed, <storage>/<name>")
+                         "pass the folder or URI `sd-tune launch` printed, <storage>/<name>")
     return exp_dir
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from sd_tune import ray_train, search
+    from sd_tune import search
 
     exp_dir = _experiment_dir(args.dir)
-    ray_train.init_ray(args.address)
+    spec, _ = search.load_spec(exp_dir)
+    _start_ray(args.address, spec.trial, store.parent(exp_dir))
     search.resume_search(exp_dir, max_failures=args.max_failures)
     return _report_experiment(exp_dir)
 

@@ -32,6 +32,8 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from sd_tune.config import TrialConfig, make_trial
+from sd_tune.storage import is_uri
+from sd_tune.storage import root as storage_root  # Ray wants an absolute local path or a URI
 
 
 def trial_to_config(trial: TrialConfig, replay_history: bool = False) -> dict[str, Any]:
@@ -86,6 +88,17 @@ def _quiet_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def worker_node_ids() -> list[str]:
+    """The Ray node id of every worker of this run, in rank order (a collective: every
+    rank must call it)."""
+    node = ray.get_runtime_context().get_node_id()
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [node]
+    ids: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(ids, node)
+    return [str(i) for i in ids]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: the sd-tune training loop, resumed if Ray has a
     checkpoint (after a worker failure or a Tune restore)."""
@@ -103,10 +116,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def prepare(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=parallel_kwargs)
 
+    node_ids = ",".join(worker_node_ids())
+
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         checkpoint = (ray.train.Checkpoint.from_directory(checkpoint_dir)
                       if checkpoint_dir is not None and rank == 0 else None)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        # One string, not a list: Tune's TensorBoard logger would try a list as a histogram.
+        ray.train.report({**metrics, "worker_node_ids": node_ids}, checkpoint=checkpoint)
 
     def log(line: str) -> None:  # epoch lines reach the driver through MetricsLog instead
         if rank == 0 and not line.startswith("epoch"):
@@ -172,15 +188,6 @@ def make_trainer(trial: TrialConfig, *, storage_path: str, name: str,
     )
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def storage_root(storage: str) -> str:
-    """Ray wants an absolute local path or a URI."""
-    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
 def init_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``$RAY_ADDRESS``) if given, else start a local Ray quietly."""
     if ray.is_initialized():
@@ -213,25 +220,129 @@ def _tail(path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], No
         time.sleep(0.5)
 
 
-def resource_problem(trial: TrialConfig, resources: dict[str, float] | None = None) -> str | None:
-    """Why the cluster can never run this trial's workers, or None if it can.
+def worker_resources(trial: TrialConfig) -> dict[str, float]:
+    """What one Ray Train worker of the trial holds.
 
-    >>> resource_problem(TrialConfig(), {"CPU": 1.0})[:64]
+    >>> worker_resources(TrialConfig())
+    {'CPU': 1.0}
+    """
+    r = trial.resources
+    out = {"CPU": r.cpus_per_worker}
+    gpus = gpus_per_worker(trial)
+    if gpus:
+        out["GPU"] = gpus
+    return out
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The total resources of every alive node of the connected Ray cluster."""
+    return [{k: float(v) for k, v in n["Resources"].items()}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def worker_slots(trial: TrialConfig, nodes: Sequence[dict[str, float]]) -> int:
+    """How many of the trial's workers the nodes hold at once (a worker lives on one node).
+
+    >>> worker_slots(TrialConfig(), [{"CPU": 3.0}, {"CPU": 1.5, "GPU": 1.0}])
+    4
+    """
+    need = {k: v for k, v in worker_resources(trial).items() if v > 0}
+    if not need:
+        return 1 << 30
+    return sum(min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items())
+               for node in nodes)
+
+
+def _node_list(nodes: Sequence[dict[str, float]]) -> str:
+    parts = [f"{n.get('CPU', 0.0):g} CPU" + (f" + {n['GPU']:g} GPU" if n.get("GPU") else "")
+             for n in nodes]
+    return ", ".join(parts) or "none"
+
+
+def resource_problem(trial: TrialConfig,
+                     nodes: Sequence[dict[str, float]] | None = None) -> str | None:
+    """Why the cluster's nodes can never hold this trial's workers together, or None.
+
+    >>> resource_problem(TrialConfig(), [{"CPU": 1.0}])[:64]
     'the trial needs 2 workers x 1.0 CPU = 2.0 CPUs but the Ray clust'
     """
-    have = ray.cluster_resources() if resources is None else resources
+    nodes = node_resources() if nodes is None else list(nodes)
     r = trial.resources
     need = trial_resources(trial)
-    if need["CPU"] > have.get("CPU", 0.0) + 1e-9:
+    have = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    gpus = gpus_per_worker(trial)
+    if need["CPU"] > have["CPU"] + 1e-9:
         return (f"the trial needs {r.num_workers} workers x {r.cpus_per_worker} CPU = "
-                f"{need['CPU']} CPUs but the Ray cluster has {have.get('CPU', 0.0)} CPUs; lower "
+                f"{need['CPU']} CPUs but the Ray cluster has {have['CPU']} CPUs; lower "
                 f"resources.num_workers or resources.cpus_per_worker (fractions like 0.5 are "
                 f"fine)")
-    if need.get("GPU", 0.0) > have.get("GPU", 0.0) + 1e-9:
-        return (f"the trial needs {r.num_workers} workers x {gpus_per_worker(trial)} GPU = "
-                f"{need['GPU']} GPUs but the Ray cluster has {have.get('GPU', 0.0)} "
+    if need.get("GPU", 0.0) > have["GPU"] + 1e-9:
+        return (f"the trial needs {r.num_workers} workers x {gpus} GPU = "
+                f"{need['GPU']} GPUs but the Ray cluster has {have['GPU']} "
                 f"GPUs; run on a GPU cluster (--address) or set resources.use_gpu: false")
+    slots = worker_slots(trial, nodes)
+    if slots < r.num_workers:
+        worker = " + ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
+        return (f"the trial needs {r.num_workers} workers of {worker} each, and a worker "
+                f"must fit on one node, but the cluster's nodes ({_node_list(nodes)}) hold "
+                f"only {slots} such workers; lower resources.cpus_per_worker or "
+                f"gpus_per_worker, or use larger nodes")
     return None
+
+
+SHARED_CHECK_TIMEOUT_S = 60.0
+
+
+def storage_problem(storage: str) -> str | None:
+    """Why ``storage`` cannot hold this cluster's results, or None.
+
+    A URI (``s3://``, ``gs://``) is shared by nature. A local path is fine on a one-node
+    cluster; on more nodes every node must see it (an NFS mount): a marker file written here
+    is looked for on each node by a zero-CPU task pinned there.
+    """
+    root = storage_root(storage)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if is_uri(root) or len(nodes) < 2:
+        return None
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = Path(root, f".sd_tune_shared_{os.getpid()}_{time.time_ns()}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("sd-tune shared storage check\n")
+    try:
+        look = ray.remote(num_cpus=0)(_sees)
+        refs = {n["NodeID"]: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs),
+                            timeout=SHARED_CHECK_TIMEOUT_S)
+        seen = {node: (ray.get(ref) if ref in ready else None) for node, ref in refs.items()}
+    finally:
+        marker.unlink(missing_ok=True)
+    return shared_storage_problem(root, seen,
+                                  {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes})
+
+
+def _sees(path: str) -> bool:
+    return Path(path).is_file()
+
+
+def shared_storage_problem(root: str, seen: dict[str, bool | None],
+                           addresses: dict[str, str]) -> str | None:
+    """The message for nodes that do not see ``root`` (``seen``: node id -> whether the
+    marker was found there; None when the node did not answer).
+
+    >>> shared_storage_problem("/data/r", {"a1": True, "b2": False}, {"a1": "10.0.0.1",
+    ...                        "b2": "10.0.0.2"})[:78]
+    '--storage /data/r is not shared: 1 of 2 nodes of the Ray cluster do not see it'
+    """
+    missing = [node for node, ok in seen.items() if not ok]
+    if not missing:
+        return None
+    which = ", ".join(f"{addresses.get(n, '?')} ({n[:8]}"
+                      + (", no answer" if seen[n] is None else "") + ")" for n in missing)
+    return (f"--storage {root} is not shared: {len(missing)} of {len(seen)} nodes of the Ray "
+            f"cluster do not see it ({which}); every node writes checkpoints and results "
+            f"there, so give an s3:// or gs:// URI, or a path mounted on every node (NFS)")
 
 
 def root_cause(err: BaseException) -> str:
@@ -251,7 +362,9 @@ def root_cause(err: BaseException) -> str:
 
 
 def run_dir(storage: str, name: str) -> Path:
-    """Where ``fit_trial`` writes metrics.jsonl and TensorBoard files."""
+    """Where ``fit_trial`` writes metrics.jsonl and TensorBoard files: ``<storage>/<name>``,
+    or a local mirror ``results/<name>`` when ``storage`` is a URI (Ray Train writes the
+    checkpoints to ``<storage>/<name>`` there)."""
     root = storage_root(storage)
     return Path("results", name) if is_uri(root) else Path(root, name)
 

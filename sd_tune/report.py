@@ -685,8 +685,10 @@ def _write_tensorboard(tb_dir: Path, name: str, records: Sequence[Record],
 
 def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str, Any]],
                   objectives: Iterable[Any] | None = None, *, tensorboard: bool = True,
-                  figure: bool = True) -> dict[str, Path]:
+                  figure: bool = True, location: str | None = None) -> dict[str, Path]:
     """Write every summary of an experiment under ``exp_dir`` and return the paths.
+    ``location``: where the experiment is stored, if not ``exp_dir`` (a URI whose report is
+    written locally first), for the ``tensorboard --logdir`` line of ``summary.md``.
 
     Files: ``trials.csv`` (one row per trial: ``param.<key>`` columns, one column per final
     metric, ``epochs_reported``, ``error``), ``trials.json`` (``{"name", "objectives",
@@ -733,7 +735,7 @@ def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str,
         _front_entry(i + 1, rec, objs) for i, rec in enumerate(front)]})
     dump(paths["time_to_accuracy_json"], {"metric": "val_acc", "time_key": "train_time_s",
                                           "points": tta})
-    summary = summary_markdown(exp_dir, name, records, objs, front, tta)
+    summary = summary_markdown(location or exp_dir, name, records, objs, front, tta)
     paths["summary_md"].write_text(summary)
     png = _figure_png(records, objs, front, tta) if figure else None
     if png is not None:

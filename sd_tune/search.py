@@ -8,16 +8,17 @@ from them here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
@@ -25,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sd_tune import ray_train
+from sd_tune import storage as store
 from sd_tune.config import (
     EPOCH_METRICS,
     FINAL_METRICS,
@@ -36,6 +38,9 @@ from sd_tune.config import (
 )
 
 SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
+# What reporting an experiment at a URI leaves out of its local copy: the Train runs and
+# checkpoints (ImageNet ones are 100s of MB each) and the TensorBoard files.
+REPORT_SKIPS = ("train_runs", "checkpoint_*", "tensorboard", "events.out.tfevents.*")
 TRIAL_DRIVER_MEMORY = 64 * 1024**2  # bytes of Ray's logical memory resource per Tune trial
 
 
@@ -104,17 +109,16 @@ def max_epochs(spec: SpaceFile) -> int:
     return int(entry) if entry is not None else spec.trial.train.epochs
 
 
-def concurrency(spec: SpaceFile, cluster: dict[str, float]) -> int:
-    """How many trials can run at once without one waiting forever for its workers.
+def concurrency(spec: SpaceFile, nodes: Sequence[dict[str, float]]) -> int:
+    """How many trials can run at once on these nodes (each node's total resources) without
+    one waiting forever for its workers; a worker lives on one node.
 
     >>> from sd_tune.config import space_from_dict
-    >>> concurrency(space_from_dict({"resources": {"num_workers": 2, "cpus_per_worker": 1}}),
-    ...             {"CPU": 2.0})
-    1
+    >>> spec = space_from_dict({"resources": {"num_workers": 2, "cpus_per_worker": 1}})
+    >>> concurrency(spec, [{"CPU": 2.0}]), concurrency(spec, [{"CPU": 3.0}, {"CPU": 1.5}])
+    (1, 2)
     """
-    need = ray_train.trial_resources(spec.trial)
-    fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
-    fits = max(fits, 0)
+    fits = ray_train.worker_slots(spec.trial, nodes) // spec.trial.resources.num_workers
     if spec.search.max_concurrent_trials is not None:
         fits = min(fits, spec.search.max_concurrent_trials)
     return min(fits, spec.search.num_samples)
@@ -132,23 +136,15 @@ def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None
     params = {k: v for k, v in config.items() if "." in k}
     trial = build_trial(base, params)
     trial_id = tune.get_context().get_trial_id()
-    runs = f"{storage.rstrip('/')}/{experiment}/train_runs"
+    runs = store.join(storage, experiment, "train_runs")
     name = f"train_{trial_id}"
     # A Train run of this trial exists already: Tune is restoring the trial (after Ctrl-C or a
     # killed driver) and has started its results anew, so the run reports its past epochs again.
-    restored = _exists(f"{runs}/{name}")
+    restored = store.exists(store.join(runs, name))
     trainer = ray_train.make_trainer(
         trial, storage_path=runs, name=name, max_failures=max_failures,
         callbacks=[TuneReportCallback()], replay_history=restored)
     trainer.fit()
-
-
-def _exists(path: str) -> bool:
-    import pyarrow.fs
-
-    fs, inner = pyarrow.fs.FileSystem.from_uri(path if ray_train.is_uri(path) else
-                                               str(Path(path).resolve()))
-    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
 
 
 def base_config(spec: SpaceFile) -> dict[str, Any]:
@@ -157,9 +153,13 @@ def base_config(spec: SpaceFile) -> dict[str, Any]:
     return apply_overrides(spec.trial.to_dict(), optuna_distributions(spec.space)[1])
 
 
-def experiment_dir(storage: str, name: str) -> Path:
-    """``<storage>/<name>``: where an experiment's files live (local storage only so far)."""
-    return Path(ray_train.storage_root(storage), name)
+def experiment_dir(storage: str, name: str) -> str:
+    """``<storage>/<name>``: where an experiment's files live (an absolute path or a URI).
+
+    >>> experiment_dir("s3://bucket/results?region=eu-west-1", "smoke")
+    's3://bucket/results/smoke?region=eu-west-1'
+    """
+    return store.join(store.root(storage), name)
 
 
 def trainable(spec: SpaceFile, storage: str, max_failures: int = 1) -> Any:
@@ -250,24 +250,25 @@ class Progress(tune.Callback):
 
 def trial_error(trial: Any) -> str:
     """The last line of a Tune trial's error (its root cause), or ''."""
-    text = ""
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        text = Path(path).read_text()
-    elif getattr(trial, "path", None) and (Path(trial.path) / "error.txt").is_file():
-        text = (Path(trial.path) / "error.txt").read_text()
+    paths = []
+    # The driver's staging copy, written first (Ray 2.60 asserts a running Ray for it).
+    with contextlib.suppress(AssertionError, AttributeError):
+        paths.append(trial.error_file)
+    if getattr(trial, "path", None):  # the stored copy (a local experiment or a copy of one)
+        paths.append(str(Path(trial.path) / "error.txt"))
+    text = next((Path(p).read_text() for p in paths if p and Path(p).is_file()), "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()
              and not ln.startswith(("Traceback", "  ", "The above exception"))]
     return lines[-1] if lines else ""
 
 
-def save_spec(spec: SpaceFile, exp_dir: Path, raw: dict[str, Any]) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / SPEC_FILE).write_text(json.dumps({"raw": raw, "source": spec.source}, indent=2))
+def save_spec(spec: SpaceFile, exp_dir: str, raw: dict[str, Any]) -> None:
+    store.write_text(store.join(exp_dir, SPEC_FILE),
+                     json.dumps({"raw": raw, "source": spec.source}, indent=2))
 
 
-def load_spec(exp_dir: Path) -> tuple[SpaceFile, dict[str, Any]]:
-    saved = json.loads((exp_dir / SPEC_FILE).read_text())
+def load_spec(exp_dir: str) -> tuple[SpaceFile, dict[str, Any]]:
+    saved = json.loads(store.read_text(store.join(exp_dir, SPEC_FILE)))
     return space_from_dict(saved["raw"], saved["source"]), saved["raw"]
 
 
@@ -292,12 +293,12 @@ def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune
 
 
 def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
-               emit: Callable[[str], None] = print, max_failures: int = 1) -> Path:
-    """Run the whole experiment (Ray must be initialised); return its folder."""
-    root = ray_train.storage_root(storage)
+               emit: Callable[[str], None] = print, max_failures: int = 1) -> str:
+    """Run the whole experiment (Ray must be initialised); return its location."""
+    root = store.root(storage)
     exp_dir = experiment_dir(storage, spec.name)
     save_spec(spec, exp_dir, raw)
-    slots = concurrency(spec, ray.cluster_resources())
+    slots = concurrency(spec, ray_train.node_resources())
     emit(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
          f"results in {exp_dir}")
     tuner = tune.Tuner(
@@ -312,27 +313,40 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
     return exp_dir
 
 
-def resume_search(exp_dir: Path, *, emit: Callable[[str], None] = print,
-                  max_failures: int = 1) -> Path:
-    """Continue an interrupted experiment: finished trials stay, unfinished ones continue from
-    their checkpoints, the searcher keeps its state (so the total stays ``num_samples``)."""
+def resume_search(exp_dir: str, *, emit: Callable[[str], None] = print,
+                  max_failures: int = 1) -> str:
+    """Continue an interrupted experiment (an absolute path or a URI): finished trials stay,
+    unfinished ones continue from their checkpoints, the searcher keeps its state (so the
+    total stays ``num_samples``)."""
     spec, _ = load_spec(exp_dir)
-    root = str(exp_dir.parent)
+    root = store.parent(exp_dir)
     emit(f"resuming experiment {spec.name} in {exp_dir}")
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable(spec, root, max_failures),
+    tuner = tune.Tuner.restore(exp_dir, trainable=trainable(spec, root, max_failures),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False)
     tuner.fit()  # Tune restores the run config, callbacks (Progress) included
     return exp_dir
 
 
-def collect_records(exp_dir: Path) -> list[dict[str, Any]]:
-    """Every trial of a stored experiment as a plain record (see ``sd_tune.report``)."""
+def collect_records(exp_dir: str) -> list[dict[str, Any]]:
+    """Every trial of a stored experiment (a folder or a URI) as a plain record (see
+    ``sd_tune.report``). An experiment at a URI is read from a temporary local copy of its
+    small files (``REPORT_SKIPS`` left out); the records' ``logdir`` name the URI's folders."""
+    if not store.is_uri(exp_dir):
+        return _records(exp_dir, exp_dir)
+    with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
+        copy = Path(tmp, "experiment")
+        store.download(exp_dir, copy, skip=REPORT_SKIPS)
+        return _records(str(copy), exp_dir)
+
+
+def _records(folder: str, location: str) -> list[dict[str, Any]]:
+    """The records of the experiment in the local ``folder``, stored at ``location``."""
     from ray.tune import ExperimentAnalysis
 
-    spec, _ = load_spec(exp_dir)
+    spec, _ = load_spec(folder)
     base = base_config(spec)
-    analysis = ExperimentAnalysis(str(exp_dir))
+    analysis = ExperimentAnalysis(folder)
     records = []
     for t in analysis.trials:
         params = {k: v for k, v in t.config.items() if "." in k}
@@ -351,10 +365,19 @@ def collect_records(exp_dir: Path) -> list[dict[str, Any]]:
         records.append({
             "trial_id": t.trial_id, "status": status, "params": params, "config": flat,
             "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-            "history": history, "error": trial_error(t) or None, "logdir": str(t.path),
-            "worker_node_ids": final.get("worker_node_ids", []),
+            "history": history, "error": trial_error(t) or None,
+            "logdir": store.join(location, Path(t.path).name) if location != folder
+            else str(t.path),
+            "worker_node_ids": _node_ids(final.get("worker_node_ids")),
         })
     return records
+
+
+def _node_ids(value: Any) -> list[str]:
+    """``worker_node_ids`` as reported (one comma-separated string, rank order) -> a list."""
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v]
+    return [str(v) for v in value or []]
 
 
 _KEEP = (*EPOCH_METRICS, *FINAL_METRICS, "worker_node_ids")

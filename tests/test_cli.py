@@ -14,6 +14,17 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+def call(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``sd_tune.cli.main`` in this process (no interpreter start-up: the same code and exit
+    code as ``run``, for the checks that need many calls)."""
+    from sd_tune.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def test_rates_prints_every_block() -> None:
     result = run("rates", "--arch", "resnet50", "--drop-rate", "0.2")
     assert result.returncode == 0, result.stderr
@@ -52,19 +63,20 @@ def test_bad_space_file_lists_every_problem_and_exits_2(tmp_path: Path, command:
         assert f"  {key}: " in result.stderr
 
 
-def test_missing_file_and_bad_set_exit_2(tmp_path: Path) -> None:
-    missing = run("validate", "--space", str(tmp_path / "nope.yaml"))
+def test_missing_file_and_bad_set_exit_2(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    missing = call(capsys, "validate", "--space", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    bad_set = run("validate", "--space", "search_spaces/smoke.yaml", "--set", "epochs")
+    bad_set = call(capsys, "validate", "--space", "search_spaces/smoke.yaml", "--set", "epochs")
     assert bad_set.returncode == 2 and "--set takes section.key=value" in bad_set.stderr
-    wrong = run("validate", "--space", "search_spaces/smoke.yaml", "--set",
-                "stochastic_depth.drop_rate=2")
+    wrong = call(capsys, "validate", "--space", "search_spaces/smoke.yaml", "--set",
+                 "stochastic_depth.drop_rate=2")
     assert wrong.returncode == 2 and "stochastic_depth.drop_rate" in wrong.stderr
 
 
-def test_validate_ok_for_every_shipped_space() -> None:
+def test_validate_ok_for_every_shipped_space(capsys: pytest.CaptureFixture[str]) -> None:
     for path in sorted(Path("search_spaces").glob("*.yaml")):
-        result = run("validate", "--space", str(path))
+        result = call(capsys, "validate", "--space", str(path))
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"{path}: ok:")
 
@@ -76,6 +88,21 @@ def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
         assert not (tmp_path / "nodata").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_no_experiment_at_a_folder_or_uri_exits_2(tmp_path: Path, command: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for where in ("file:///nonexistent/smoke", str(tmp_path),
+                  f"file://{tmp_path}?endpoint_override=127.0.0.1:9000&scheme=http"):
+        result = call(capsys, command, where)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert "is not an sd-tune experiment folder (no sd_tune_space.json)" in result.stderr
+        assert where.split("?")[0] in result.stderr
+    unknown = call(capsys, command, "nosuch://bucket/smoke")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "cannot read nosuch://bucket/smoke/sd_tune_space.json" in unknown.stderr
 
 
 @pytest.mark.slow

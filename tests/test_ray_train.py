@@ -1,5 +1,6 @@
 """One trial on a real Ray Train cluster started by the test session: DDP with 2 gloo workers on
-real Fashion-MNIST, the metrics contract, failure of a killed worker, a forced NaN."""
+real Fashion-MNIST, the metrics contract, failure of a killed worker, a forced NaN (slow); and
+the checks made before a trial starts: resources node by node, shared storage."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ import pytest
 
 from sd_tune.config import TrialConfig, space_from_dict
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                       reason="needs Debian's dataset-fashion-mnist"),
-]
+# The trial tests train on Ray; the resource and storage checks below are plain functions.
+real_trial = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                reason="needs Debian's dataset-fashion-mnist")
 
 EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
               "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth")
@@ -57,6 +56,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
+@real_trial
 def test_fashion_mnist_two_workers_learns(ray_session: None, tmp_path: Path) -> None:
     from sd_tune.ray_train import fit_trial, run_dir
 
@@ -75,6 +76,8 @@ def test_fashion_mnist_two_workers_learns(ray_session: None, tmp_path: Path) -> 
     assert result.checkpoint is not None
 
 
+@pytest.mark.slow
+@real_trial
 def test_shuffled_labels_stay_near_chance(ray_session: None, tmp_path: Path) -> None:
     """The floor above is meaningful: the same run cannot reach it without real labels."""
     from sd_tune.ray_train import fit_trial, run_dir
@@ -84,6 +87,8 @@ def test_shuffled_labels_stay_near_chance(ray_session: None, tmp_path: Path) -> 
     assert m["val_acc"] < 0.3, m
 
 
+@pytest.mark.slow
+@real_trial
 @pytest.mark.parametrize("method", ["sample", "block"])
 def test_ranks_hold_identical_parameters(ray_session: None, tmp_path: Path,
                                          method: str) -> None:
@@ -97,6 +102,8 @@ def test_ranks_hold_identical_parameters(ray_session: None, tmp_path: Path,
     assert len(checksums) == 2 and checksums[0] == checksums[1], checksums
 
 
+@pytest.mark.slow
+@real_trial
 def test_killed_worker_is_restarted_and_every_epoch_reported(ray_session: None,
                                                              tmp_path: Path) -> None:
     import ray
@@ -131,6 +138,8 @@ def test_killed_worker_is_restarted_and_every_epoch_reported(ray_session: None,
     assert ray.is_initialized()
 
 
+@pytest.mark.slow
+@real_trial
 def test_forced_nan_fails_the_trial_with_its_message(ray_session: None, tmp_path: Path) -> None:
     from sd_tune.ray_train import fit_trial, root_cause
 
@@ -141,3 +150,43 @@ def test_forced_nan_fails_the_trial_with_its_message(ray_session: None, tmp_path
             raise result.error
     message = root_cause(info.value)
     assert "non-finite" in message and "epoch 1" in message and "step" in message, message
+
+
+def test_worker_slots_count_node_by_node() -> None:
+    from sd_tune.ray_train import worker_slots
+
+    gpu = trial(resources__use_gpu=True, resources__cpus_per_worker=8)
+    nodes = [{"CPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}]
+    assert worker_slots(gpu, nodes) == 16
+    assert worker_slots(gpu, [{"CPU": 20.0, "GPU": 8.0}]) == 2  # CPUs bound it
+    half = trial(resources__cpus_per_worker=0.5)
+    assert worker_slots(half, [{"CPU": 2.0}, {"CPU": 1.0}]) == 6
+
+
+def test_resource_problem_says_what_never_fits() -> None:
+    from sd_tune.ray_train import resource_problem
+
+    two = trial(resources__cpus_per_worker=1)
+    assert resource_problem(two, [{"CPU": 1.0}, {"CPU": 1.0}]) is None
+    gpu = trial(resources__use_gpu=True)
+    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
+        resource_problem(gpu, [{"CPU": 8.0}])
+    # 4 GPUs in all, but two 2-GPU workers need a node each with 2 GPUs
+    big = trial(resources__use_gpu=True, resources__gpus_per_worker=2,
+                resources__cpus_per_worker=1)
+    msg = resource_problem(big, [{"CPU": 4.0, "GPU": 1.0}] * 2 + [{"CPU": 4.0, "GPU": 2.0}])
+    assert msg is not None and "2 workers of 1 CPU + 2 GPU each" in msg
+    assert "(4 CPU + 1 GPU, 4 CPU + 1 GPU, 4 CPU + 2 GPU) hold only 1 such workers" in msg
+
+
+def test_shared_storage_problem_names_the_nodes_that_miss_it() -> None:
+    from sd_tune.ray_train import shared_storage_problem
+
+    addresses = {"aaaaaaaa11": "10.0.0.1", "bbbbbbbb22": "10.0.0.2", "cccccccc33": "10.0.0.3"}
+    assert shared_storage_problem("/nfs/r", dict.fromkeys(addresses, True), addresses) is None
+    msg = shared_storage_problem("/tmp/r", {"aaaaaaaa11": True, "bbbbbbbb22": False,
+                                           "cccccccc33": None}, addresses)
+    assert msg is not None
+    assert msg.startswith("--storage /tmp/r is not shared: 2 of 3 nodes")
+    assert "10.0.0.2 (bbbbbbbb)" in msg and "10.0.0.3 (cccccccc, no answer)" in msg
+    assert "s3://" in msg and "10.0.0.1" not in msg

@@ -1,15 +1,18 @@
 """The search end to end, as a user runs it: `sd-tune launch` in a subprocess on real Ray,
 Optuna and Fashion-MNIST; its files read back (TensorBoard's own reader for the events);
-resume after SIGINT and after SIGKILL; a failing trial."""
+resume after SIGINT and after SIGKILL; a failing trial; storage at a URI (file://, and
+s3:// on a local moto server when moto is installed)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,101 @@ def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> N
     pareto = json.loads((tmp_path / "failing" / "pareto.json").read_text())
     front = pareto["trials"]
     assert {p["trial_id"] for p in front} <= {r["trial_id"] for r in completed}
+
+
+def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
+    """The whole experiment at a ``file://`` URI with a query string (as an ``s3://`` one with
+    ``endpoint_override`` has): sd-tune's own files go through the URI, not a local path."""
+    store = tmp_path / "store"
+    query = "?sd_tune_test=1"
+    uri = f"file://{store}/smoke{query}"
+    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage",
+                 f"file://{store}{query}", "--set", "search.num_samples=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"results in {uri}" in result.stdout
+    assert f"tensorboard --logdir '{uri}'" in result.stdout
+    exp = store / "smoke"
+    assert sorted(p.name for p in store.iterdir()) == ["smoke"]
+    for name in ("sd_tune_space.json", "trials.csv", "trials.json", "pareto.json",
+                 "time_to_accuracy.json", "summary.md", "pareto.png", "tensorboard"):
+        assert (exp / name).exists(), name
+    records = json.loads((exp / "trials.json").read_text())["trials"]
+    assert len(records) == 2 and {r["status"] for r in records} == {"completed"}
+    for r in records:
+        assert r["logdir"] == f"file://{exp}/trial_{r['trial_id']}{query}"
+        assert (exp / f"trial_{r['trial_id']}" / "result.json").is_file()
+        assert list((exp / "train_runs" / f"train_{r['trial_id']}").glob("checkpoint_*"))
+    assert len((exp / "trials.csv").read_text().strip().splitlines()) == 1 + 2
+    front = json.loads((exp / "pareto.json").read_text())["trials"]
+    assert front and {p["trial_id"] for p in front} <= {r["trial_id"] for r in records}
+    assert f"--logdir '{uri}'" in (exp / "summary.md").read_text()
+
+    again = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage",
+                f"file://{store}{query}")
+    assert again.returncode == 2 and "experiment 'smoke' already exists" in again.stderr
+
+    report = cli("report", uri)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "smoke: 2 trials (2 completed)" in report.stdout
+    rebuilt = json.loads((exp / "trials.json").read_text())["trials"]
+    assert [(r["trial_id"], r["final"]) for r in rebuilt] == \
+        [(r["trial_id"], r["final"]) for r in records]
+    runs = tensorboard_runs(exp / "tensorboard")
+    sessions = [acc for acc in runs.values()
+                if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")]
+    assert len(sessions) == 2, "the report's TensorBoard entries were doubled"
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3 server (moto) with an empty bucket; yields the ``s3://`` storage URI with
+    the query string that points pyarrow (and so Ray) at it."""
+    pytest.importorskip("moto.server", reason="needs moto: pip install 'moto[server]'")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None and time.time() < deadline, "moto did not start"
+            time.sleep(0.2)
+        for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                           ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(key, value)
+        query = f"?endpoint_override=127.0.0.1:{port}&scheme=http"
+        import pyarrow.fs
+
+        fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://bucket{query}&allow_bucket_creation=true")
+        fs.create_dir("bucket")
+        yield f"s3://bucket/store{query}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_launch_report_resume_on_s3(s3_server: str) -> None:
+    """Ray Tune and Train, and sd-tune's own files, on a real S3 protocol (moto)."""
+    from sd_tune import storage
+
+    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", s3_server,
+                 "--set", "search.num_samples=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    exp = storage.join(s3_server, "smoke")
+    assert f"tensorboard --logdir '{exp}'" in result.stdout
+    records = json.loads(storage.read_text(storage.join(exp, "trials.json")))["trials"]
+    assert len(records) == 2 and {r["status"] for r in records} == {"completed"}
+    for name in ("trials.csv", "pareto.json", "time_to_accuracy.json", "summary.md",
+                 "pareto.png", "tensorboard"):
+        assert storage.exists(storage.join(exp, name)), name
+    for r in records:
+        assert r["logdir"] == storage.join(exp, f"trial_{r['trial_id']}")
+        assert storage.exists(storage.join(exp, "train_runs", f"train_{r['trial_id']}"))
+    for command in ("report", "resume"):
+        again = cli(command, exp)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "smoke: 2 trials (2 completed)" in again.stdout

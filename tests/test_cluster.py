@@ -1,0 +1,283 @@
+"""sd-tune on a real multi-node Ray cluster: two nodes on this machine's loopback, started
+with `ray start` (token authentication on, as Ray 2.60 does), jobs sent with `ray job submit`
+and with `launch/submit.sh`, and `--address` checks against the cluster's resources. The
+cluster is torn down even when a test fails, and no process of it may be left."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                       reason="needs Debian's dataset-fashion-mnist"),
+]
+EXCLUDES = '{"excludes": [".git", ".venv", "results", "__pycache__", ".pytest_cache"]}'
+
+
+def can_hide_from_node2(path: Path) -> bool:
+    """Whether a process here may get its own mount namespace (needs CAP_SYS_ADMIN)."""
+    try:
+        out = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t",
+                              "tmpfs", "none", str(path)], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
+@dataclass
+class Cluster:
+    gcs: str  # host:port, for `--address`
+    dashboard: str  # http://host:port, for the Jobs API
+    env: dict[str, str]
+    head_id: str
+    node2_id: str
+    root: Path
+    private: Path | None  # a folder the head sees and node 2 does not (None: not possible here)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in out:
+            out.add(p)
+            todo.extend(children.get(p, []))
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(p)
+    return out
+
+
+def ray_cli(cluster: Cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, *args], env=cluster.env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def list_nodes(dashboard: str, env: dict[str, str]) -> list[dict]:
+    out = subprocess.run([RAY, "list", "nodes", "--address", dashboard, "--format", "json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0 or not out.stdout.lstrip().startswith("["):
+        return []  # not up yet ("No resource in the cluster")
+    return [n for n in json.loads(out.stdout) if n["state"] == "ALIVE"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Head (2 CPUs) + a second node (2 CPUs and the custom resource ``node2``), each with its
+    own temp dir (on one machine, a shared one lets one node's runtime-env cleanup delete the
+    other's job working directory)."""
+    root = Path(tempfile.mkdtemp(prefix="sdt-", dir="/tmp"))  # short: Ray's socket paths
+    gcs, dash, client, agent1, agent2, metrics1, metrics2 = free_ports(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2", PYTHONUNBUFFERED="1")
+    common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+              "--disable-usage-stats"]
+    head_cmd = [RAY, "start", "--head", *common, "--port", str(gcs),
+                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                "--ray-client-server-port", str(client),
+                "--dashboard-agent-listen-port", str(agent1),
+                "--metrics-export-port", str(metrics1), "--temp-dir", str(root / "h")]
+    node2_cmd = [RAY, "start", "--address", f"127.0.0.1:{gcs}", *common,
+                 "--resources", '{"node2": 1}', "--dashboard-agent-listen-port", str(agent2),
+                 "--metrics-export-port", str(metrics2), "--temp-dir", str(root / "w")]
+    private = root / "private"  # on node 2, an empty tmpfs hides what the head writes here
+    private.mkdir()
+    if can_hide_from_node2(private):
+        node2_cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                     f'mount -t tmpfs none "{private}" && exec "$@"', "sh", *node2_cmd]
+    procs: list[subprocess.Popen] = []
+    dashboard = f"http://127.0.0.1:{dash}"
+    try:
+        for cmd, log in ((head_cmd, "head.log"), (node2_cmd, "node2.log")):
+            with open(root / log, "w") as out:
+                procs.append(subprocess.Popen(cmd, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+            wanted = len(procs)
+            deadline = time.monotonic() + 120
+            while len(nodes := list_nodes(dashboard, env)) < wanted:
+                assert all(p.poll() is None for p in procs), (root / log).read_text()[-3000:]
+                assert time.monotonic() < deadline, f"no {wanted} nodes: {nodes}"
+                time.sleep(2)
+        node2 = [n["node_id"] for n in nodes if "node2" in n["resources_total"]]
+        head = [n["node_id"] for n in nodes if n["is_head_node"]]
+        assert len(node2) == 1 and len(head) == 1, nodes
+        hidden = private if node2_cmd[0] == "unshare" else None
+        yield Cluster(f"127.0.0.1:{gcs}", dashboard, env, head[0], node2[0], root, hidden)
+    finally:
+        tree = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(1)
+        left = alive(tree)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"Ray processes left after SIGTERM: {sorted(left)}"
+
+
+def job_status(cluster: Cluster, job_id: str) -> str:
+    out = ray_cli(cluster, "job", "status", "--address", cluster.dashboard, job_id)
+    text = out.stdout + out.stderr  # "Status for job 'x': RUNNING" or "Job 'x' succeeded"
+    found = re.search(rf"job '{job_id}': ([A-Z]+)", text) or re.search(
+        rf"Job '{job_id}' (succeeded|failed|stopped)", text)
+    if found:
+        return found.group(1).upper()
+    return "UNKNOWN: " + out.stdout + out.stderr
+
+
+def check_results(cluster: Cluster, exp_dir: Path) -> list[dict]:
+    """The experiment is complete; every trial names the nodes its two workers ran on."""
+    data = json.loads((exp_dir / "trials.json").read_text())
+    trials = data["trials"]
+    assert [t["status"] for t in trials] == ["completed"] * 3, trials
+    for name in ("trials.csv", "pareto.json", "time_to_accuracy.json", "summary.md"):
+        assert (exp_dir / name).is_file(), name
+    for t in trials:
+        assert len(t["worker_node_ids"]) == 2, t
+        assert set(t["worker_node_ids"]) <= {cluster.head_id, cluster.node2_id}, t
+        assert len(t["history"]) == 2
+    return trials
+
+
+def wait_for(cluster: Cluster, job_id: str, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while (status := job_status(cluster, job_id)) in ("RUNNING", "PENDING"):
+        assert time.monotonic() < deadline, f"job {job_id} still {status}"
+        time.sleep(5)
+    return status
+
+
+def job_logs(cluster: Cluster, job_id: str) -> str:
+    return ray_cli(cluster, "job", "logs", "--address", cluster.dashboard, job_id).stdout
+
+
+def test_ray_job_submit_runs_the_search_across_both_nodes(cluster: Cluster) -> None:
+    store = cluster.root / "store"
+    job_id = "sdt-job-submit"
+    submitted = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard,
+                        "--submission-id", job_id, "--no-wait", "--working-dir", ".",
+                        "--runtime-env-json", EXCLUDES, "--", "sd-tune", "launch",
+                        "--space", "search_spaces/smoke.yaml", "--storage", str(store))
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    status = wait_for(cluster, job_id)
+    logs = job_logs(cluster, job_id)
+    assert status == "SUCCEEDED", logs[-5000:]
+    assert "3 trials, 2 at a time" in logs
+    trials = check_results(cluster, store / "smoke")
+    nodes = {n for t in trials for n in t["worker_node_ids"]}
+    assert cluster.node2_id in nodes, trials  # some trial's workers ran on the second node
+
+
+def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
+    store = cluster.root / "store2"
+    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard, "SD_TUNE_JOB_ID": "sdt-submit-sh",
+           "RAY": RAY}
+    out = subprocess.run(["bash", "launch/submit.sh", "--space", "search_spaces/smoke.yaml",
+                          "--storage", str(store), "--name", "viash"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "job id: sdt-submit-sh" in out.stdout
+    assert "ray job logs -f sdt-submit-sh" in out.stdout
+    status = wait_for(cluster, "sdt-submit-sh")
+    assert status == "SUCCEEDED", job_logs(cluster, "sdt-submit-sh")[-5000:]
+    check_results(cluster, store / "viash")
+
+
+def launch_with_address(cluster: Cluster, tmp_path: Path, space: str,
+                        timeout: float = 120) -> subprocess.CompletedProcess:
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    return subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space", str(path),
+                           "--storage", str(tmp_path / "store"), "--address", cluster.gcs],
+                          cwd=REPO, env=cluster.env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_gpu_space_on_the_cpu_cluster_fails_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    started = time.monotonic()
+    out = launch_with_address(cluster, tmp_path, "name: gpu\nresources: {num_workers: 2, "
+                                                 "use_gpu: true}\n")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
+        out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "store" / "gpu" / "trial_").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_worker_larger_than_any_node_fails_with_the_nodes(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    # 4 CPUs in all, but no node holds one 3-CPU worker
+    out = launch_with_address(cluster, tmp_path, "name: big\nresources: {num_workers: 1, "
+                                                 "cpus_per_worker: 3}\n")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "a worker must fit on one node" in out.stderr
+    assert "(2 CPU, 2 CPU) hold only 0 such workers" in out.stderr
+
+
+def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    if cluster.private is None:
+        pytest.skip("no mount namespaces here (unshare needs CAP_SYS_ADMIN): node 2 cannot "
+                    "be given a folder of its own")
+    store = cluster.private / "store"
+    out = subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space",
+                          "search_spaces/smoke.yaml", "--storage", str(store), "--address",
+                          cluster.gcs], cwd=REPO, env=cluster.env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"--storage {store} is not shared: 1 of 2 nodes of the Ray cluster do not see it" \
+        in out.stderr
+    assert f"({cluster.node2_id[:8]})" in out.stderr and "s3://" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(store.glob("smoke/trial_*"))
