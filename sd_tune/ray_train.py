@@ -203,6 +203,10 @@ def init_ray(address: str | None = None) -> None:
         # polls; it listens on loopback only.
         address = "local"
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+        # Ray 2.60 turns token authentication on for a new local Ray and says so in a warning
+        # on every start; it stays on, the README says where the token lives.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
     ray.init(address=address, **kwargs)
 
 

@@ -280,12 +280,18 @@ class ScalarsOnlyTBX(TBXLoggerCallback):
         return None
 
 
-def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
+def _tune_settings() -> None:
+    """Environment Tune reads when a run starts or is restored."""
     # Tune's own tables and banners would bury the progress lines: the legacy reporter at
     # verbosity 0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # Tune's default loggers, listed here so that its TensorBoard one can leave HParams out.
+    # Tune's default loggers, listed in tune_run_config so that its TensorBoard one can leave
+    # HParams out.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
+    _tune_settings()
     loggers = [JsonLoggerCallback(), CSVLoggerCallback(), ScalarsOnlyTBX()]
     return tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
                           callbacks=[*loggers, *callbacks],
@@ -321,6 +327,7 @@ def resume_search(exp_dir: str, *, emit: Callable[[str], None] = print,
     spec, _ = load_spec(exp_dir)
     root = store.parent(exp_dir)
     emit(f"resuming experiment {spec.name} in {exp_dir}")
+    _tune_settings()  # the restored run config brings the loggers and callbacks, not these
     tuner = tune.Tuner.restore(exp_dir, trainable=trainable(spec, root, max_failures),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False)

@@ -1,7 +1,8 @@
 """sd-tune on a real multi-node Ray cluster: two nodes on this machine's loopback, started
 with `ray start` (token authentication on, as Ray 2.60 does), jobs sent with `ray job submit`
-and with `launch/submit.sh`, and `--address` checks against the cluster's resources. The
-cluster is torn down even when a test fails, and no process of it may be left."""
+and with `launch/submit.sh`, a search through Ray Client (`ray://`), and `--address` checks
+against the cluster's resources and storage. The cluster is torn down even when a test
+fails, and no process of it may be left."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def can_hide_from_node2(path: Path) -> bool:
 @dataclass
 class Cluster:
     gcs: str  # host:port, for `--address`
+    client: str  # ray://host:port (Ray Client)
     dashboard: str  # http://host:port, for the Jobs API
     env: dict[str, str]
     head_id: str
@@ -151,7 +153,8 @@ def cluster() -> Iterator[Cluster]:
         head = [n["node_id"] for n in nodes if n["is_head_node"]]
         assert len(node2) == 1 and len(head) == 1, nodes
         hidden = private if node2_cmd[0] == "unshare" else None
-        yield Cluster(f"127.0.0.1:{gcs}", dashboard, env, head[0], node2[0], root, hidden)
+        yield Cluster(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", dashboard, env, head[0],
+                      node2[0], root, hidden)
     finally:
         tree = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
         for p in procs:
@@ -176,11 +179,11 @@ def job_status(cluster: Cluster, job_id: str) -> str:
     return "UNKNOWN: " + out.stdout + out.stderr
 
 
-def check_results(cluster: Cluster, exp_dir: Path) -> list[dict]:
+def check_results(cluster: Cluster, exp_dir: Path, n: int = 3) -> list[dict]:
     """The experiment is complete; every trial names the nodes its two workers ran on."""
     data = json.loads((exp_dir / "trials.json").read_text())
     trials = data["trials"]
-    assert [t["status"] for t in trials] == ["completed"] * 3, trials
+    assert [t["status"] for t in trials] == ["completed"] * n, trials
     for name in ("trials.csv", "pareto.json", "time_to_accuracy.json", "summary.md"):
         assert (exp_dir / name).is_file(), name
     for t in trials:
@@ -232,6 +235,16 @@ def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
     status = wait_for(cluster, "sdt-submit-sh")
     assert status == "SUCCEEDED", job_logs(cluster, "sdt-submit-sh")[-5000:]
     check_results(cluster, store / "viash")
+
+
+def test_ray_client_address_runs_the_search(cluster: Cluster, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space",
+                          "search_spaces/smoke.yaml", "--set", "search.num_samples=2",
+                          "--storage", str(tmp_path), "--address", cluster.client],
+                         cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 trials, 2 at a time" in out.stdout
+    check_results(cluster, tmp_path / "smoke", n=2)
 
 
 def launch_with_address(cluster: Cluster, tmp_path: Path, space: str,

@@ -115,6 +115,7 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
     assert before, "a finished trial is needed before the interruption"
     result = cli("resume", str(exp))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "View detailed results here" not in result.stdout  # Tune's banner stays off
     records = json.loads((exp / "trials.json").read_text())
     records = records["trials"] if isinstance(records, dict) else records
     assert len(records) == 3, [r["trial_id"] for r in records]
