@@ -319,7 +319,7 @@ def storage_problem(storage: str) -> str | None:
             n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs),
                             timeout=SHARED_CHECK_TIMEOUT_S)
-        seen = {node: (ray.get(ref) if ref in ready else None) for node, ref in refs.items()}
+        seen = {node: _answer(ref) if ref in ready else None for node, ref in refs.items()}
     finally:
         marker.unlink(missing_ok=True)
     return shared_storage_problem(root, seen,
@@ -328,6 +328,13 @@ def storage_problem(storage: str) -> str | None:
 
 def _sees(path: str) -> bool:
     return Path(path).is_file()
+
+
+def _answer(ref: Any) -> bool | None:
+    try:
+        return bool(ray.get(ref))
+    except Exception:  # the node died or refused the task: it did not answer
+        return None
 
 
 def shared_storage_problem(root: str, seen: dict[str, bool | None],
