@@ -290,14 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Continue an interrupted experiment: finished trials "
                                         "are kept, unfinished ones continue from their "
                                         "checkpoints, and the search stops at num_samples.")
-    resume.add_argument("dir", help="the experiment folder, <storage>/<name>")
+    resume.add_argument("dir", help="the experiment, <storage>/<name>: a folder or a URI "
+                                    "(s3://bucket/prefix/name)")
     _ray_args(resume)
     resume.set_defaults(func=_resume)
     rep = sub.add_parser("report", help="rebuild an experiment's summary files",
                          description="Rebuild trials.csv/json, pareto.json, "
                                      "time_to_accuracy.json, summary.md and the TensorBoard "
                                      "entries from what the experiment folder holds.")
-    rep.add_argument("dir", help="the experiment folder, <storage>/<name>")
+    rep.add_argument("dir", help="the experiment, <storage>/<name>: a folder or a URI "
+                                 "(s3://bucket/prefix/name)")
     rep.set_defaults(func=_report)
     val = sub.add_parser("validate", help="check a space file without starting anything",
                          description="Check a space file completely and list every problem.")
