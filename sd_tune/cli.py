@@ -105,7 +105,10 @@ def _start_ray(address: str | None, trial, storage: str | None = None) -> None:
     ``storage`` that not every node of the cluster sees."""
     from sd_tune import ray_train
 
-    ray_train.init_ray(address)
+    try:
+        ray_train.init_ray(address)
+    except ConnectionError as err:
+        raise UsageError(str(err)) from err
     problem = ray_train.resource_problem(trial)
     if problem is None and storage is not None:
         problem = ray_train.storage_problem(storage)

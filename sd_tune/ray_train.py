@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.exceptions
 import ray.train
 import ray.train.torch
 import torch
@@ -207,7 +208,31 @@ def init_ray(address: str | None = None) -> None:
         # on every start; it stays on, the README says where the token lives.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
-    ray.init(address=address, **kwargs)
+    tries = 3 if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionAbortedError as err:
+            # Ray Client's proxy sometimes loses the race with the server process it starts
+            # for this client (psutil.ZombieProcess in start_specific_server): try again.
+            if attempt == tries:
+                raise _connect_error(address, err) from err
+            time.sleep(2.0)
+        except (ConnectionError, TimeoutError, ray.exceptions.RayError) as err:
+            raise _connect_error(address, err) from err
+
+
+def _connect_error(address: str, err: BaseException) -> ConnectionError:
+    """One line for a Ray that could not be started or joined, with what to check."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if address == "local":
+        return ConnectionError(f"could not start a local Ray: {first}")
+    return ConnectionError(
+        f"cannot connect to the Ray cluster at {address}: {first}; check --address or "
+        f"RAY_ADDRESS, and give the cluster's token (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN, "
+        f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
 
 
 def _tail(path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], None]) -> None:

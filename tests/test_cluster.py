@@ -165,7 +165,8 @@ def cluster() -> Iterator[Cluster]:
         left = alive(tree)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("SD_TUNE_KEEP_CLUSTER_LOGS"):  # set it to read Ray's logs after
+            shutil.rmtree(root, ignore_errors=True)
         assert not left, f"Ray processes left after SIGTERM: {sorted(left)}"
 
 
@@ -294,3 +295,15 @@ def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: P
     assert f"({cluster.node2_id[:8]})" in out.stderr and "s3://" in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(store.glob("smoke/trial_*"))
+
+
+def test_wrong_token_fails_with_what_to_check(cluster: Cluster, tmp_path: Path) -> None:
+    env = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    out = subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space",
+                          "search_spaces/smoke.yaml", "--storage", str(tmp_path), "--address",
+                          cluster.gcs], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    error = [ln for ln in out.stderr.splitlines() if ln.startswith("sd-tune launch: error:")]
+    assert error and f"cannot connect to the Ray cluster at {cluster.gcs}" in error[0]
+    assert "RAY_AUTH_TOKEN" in error[0] and "Traceback" not in out.stderr
