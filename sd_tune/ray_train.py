@@ -54,29 +54,33 @@ def gpus_per_worker(trial: TrialConfig) -> float:
     return 1.0 if r.use_gpu else 0.0
 
 
+def worker_resources(trial: TrialConfig) -> dict[str, float]:
+    """What one Ray Train worker of the trial holds.
+
+    >>> worker_resources(TrialConfig())
+    {'CPU': 1.0}
+    """
+    out = {"CPU": trial.resources.cpus_per_worker}
+    gpus = gpus_per_worker(trial)
+    if gpus:
+        out["GPU"] = gpus
+    return out
+
+
 def trial_resources(trial: TrialConfig) -> dict[str, float]:
     """What one trial's workers hold together (a Tune trial's own actor holds no CPU).
 
     >>> trial_resources(TrialConfig())
     {'CPU': 2.0}
     """
-    r = trial.resources
-    out = {"CPU": r.num_workers * r.cpus_per_worker}
-    gpus = gpus_per_worker(trial)
-    if gpus:
-        out["GPU"] = r.num_workers * gpus
-    return out
+    return {k: trial.resources.num_workers * v for k, v in worker_resources(trial).items()}
 
 
 def scaling_config(trial: TrialConfig) -> ScalingConfig:
     """Workers and their resources; fractional CPUs are fine (e.g. 0.5 on a 2-core laptop)."""
     r = trial.resources
-    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
-    gpus = gpus_per_worker(trial)
-    if gpus:
-        resources["GPU"] = gpus
     return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                         resources_per_worker=resources)
+                         resources_per_worker=worker_resources(trial))
 
 
 def _quiet_train_reports() -> None:
@@ -249,24 +253,14 @@ def _tail(path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], No
         time.sleep(0.5)
 
 
-def worker_resources(trial: TrialConfig) -> dict[str, float]:
-    """What one Ray Train worker of the trial holds.
-
-    >>> worker_resources(TrialConfig())
-    {'CPU': 1.0}
-    """
-    r = trial.resources
-    out = {"CPU": r.cpus_per_worker}
-    gpus = gpus_per_worker(trial)
-    if gpus:
-        out["GPU"] = gpus
-    return out
+def alive_nodes() -> list[dict[str, Any]]:
+    """``ray.nodes()`` entries of the connected cluster's alive nodes."""
+    return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def node_resources() -> list[dict[str, float]]:
     """The total resources of every alive node of the connected Ray cluster."""
-    return [{k: float(v) for k, v in n["Resources"].items()}
-            for n in ray.nodes() if n.get("Alive")]
+    return [{k: float(v) for k, v in n["Resources"].items()} for n in alive_nodes()]
 
 
 def worker_slots(trial: TrialConfig, nodes: Sequence[dict[str, float]]) -> int:
@@ -330,7 +324,7 @@ def storage_problem(storage: str) -> str | None:
     is looked for on each node by a zero-CPU task pinned there.
     """
     root = storage_root(storage)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_nodes()
     if is_uri(root) or len(nodes) < 2:
         return None
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
