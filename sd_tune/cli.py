@@ -247,7 +247,7 @@ def _resume(args: argparse.Namespace) -> int:
     exp_dir = _experiment_dir(args.dir)
     spec, _ = search.load_spec(exp_dir)
     _start_ray(args.address, spec.trial, store.parent(exp_dir))
-    search.resume_search(exp_dir, max_failures=args.max_failures)
+    search.resume_search(exp_dir, spec, max_failures=args.max_failures)
     return _report_experiment(exp_dir)
 
 
@@ -265,6 +265,11 @@ def _space_args(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
     if storage:
         p.add_argument("--storage", help="results root: a path or s3:// / gs:// URI "
                                          "(default: the file's storage, usually results/)")
+
+
+def _experiment_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="the experiment, <storage>/<name>: a folder or a URI "
+                               "(s3://bucket/prefix/name)")
 
 
 def _ray_args(p: argparse.ArgumentParser) -> None:
@@ -293,16 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Continue an interrupted experiment: finished trials "
                                         "are kept, unfinished ones continue from their "
                                         "checkpoints, and the search stops at num_samples.")
-    resume.add_argument("dir", help="the experiment, <storage>/<name>: a folder or a URI "
-                                    "(s3://bucket/prefix/name)")
+    _experiment_arg(resume)
     _ray_args(resume)
     resume.set_defaults(func=_resume)
     rep = sub.add_parser("report", help="rebuild an experiment's summary files",
                          description="Rebuild trials.csv/json, pareto.json, "
                                      "time_to_accuracy.json, summary.md and the TensorBoard "
                                      "entries from what the experiment folder holds.")
-    rep.add_argument("dir", help="the experiment, <storage>/<name>: a folder or a URI "
-                                 "(s3://bucket/prefix/name)")
+    _experiment_arg(rep)
     rep.set_defaults(func=_report)
     val = sub.add_parser("validate", help="check a space file without starting anything",
                          description="Check a space file completely and list every problem.")

@@ -319,12 +319,12 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
     return exp_dir
 
 
-def resume_search(exp_dir: str, *, emit: Callable[[str], None] = print,
+def resume_search(exp_dir: str, spec: SpaceFile, *, emit: Callable[[str], None] = print,
                   max_failures: int = 1) -> str:
-    """Continue an interrupted experiment (an absolute path or a URI): finished trials stay,
-    unfinished ones continue from their checkpoints, the searcher keeps its state (so the
-    total stays ``num_samples``)."""
-    spec, _ = load_spec(exp_dir)
+    """Continue the interrupted experiment at ``exp_dir`` (an absolute path or a URI), whose
+    saved space is ``spec`` (``load_spec``): finished trials stay, unfinished ones continue
+    from their checkpoints, the searcher keeps its state (so the total stays
+    ``num_samples``)."""
     root = store.parent(exp_dir)
     emit(f"resuming experiment {spec.name} in {exp_dir}")
     _tune_settings()  # the restored run config brings the loggers and callbacks, not these
