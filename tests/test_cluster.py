@@ -238,11 +238,17 @@ def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
     check_results(cluster, store / "viash")
 
 
+def launch(env: dict[str, str], space: str, *args: str,
+           timeout: float = 120) -> subprocess.CompletedProcess:
+    """``sd-tune launch --space SPACE ARGS`` in a subprocess from the repository root."""
+    return subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space", space,
+                           *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def test_ray_client_address_runs_the_search(cluster: Cluster, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space",
-                          "search_spaces/smoke.yaml", "--set", "search.num_samples=2",
-                          "--storage", str(tmp_path), "--address", cluster.client],
-                         cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
+    out = launch(cluster.env, "search_spaces/smoke.yaml", "--set", "search.num_samples=2",
+                 "--storage", str(tmp_path), "--address", cluster.client, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 trials, 2 at a time" in out.stdout
     check_results(cluster, tmp_path / "smoke", n=2)
@@ -252,10 +258,8 @@ def launch_with_address(cluster: Cluster, tmp_path: Path, space: str,
                         timeout: float = 120) -> subprocess.CompletedProcess:
     path = tmp_path / "space.yaml"
     path.write_text(space)
-    return subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space", str(path),
-                           "--storage", str(tmp_path / "store"), "--address", cluster.gcs],
-                          cwd=REPO, env=cluster.env, capture_output=True, text=True,
-                          timeout=timeout)
+    return launch(cluster.env, str(path), "--storage", str(tmp_path / "store"), "--address",
+                  cluster.gcs, timeout=timeout)
 
 
 def test_gpu_space_on_the_cpu_cluster_fails_at_once(cluster: Cluster, tmp_path: Path) -> None:
@@ -285,10 +289,8 @@ def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: P
         pytest.skip("no mount namespaces here (unshare needs CAP_SYS_ADMIN): node 2 cannot "
                     "be given a folder of its own")
     store = cluster.private / "store"
-    out = subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space",
-                          "search_spaces/smoke.yaml", "--storage", str(store), "--address",
-                          cluster.gcs], cwd=REPO, env=cluster.env, capture_output=True,
-                         text=True, timeout=120)
+    out = launch(cluster.env, "search_spaces/smoke.yaml", "--storage", str(store),
+                 "--address", cluster.gcs)
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"--storage {store} is not shared: 1 of 2 nodes of the Ray cluster do not see it" \
         in out.stderr
@@ -299,10 +301,8 @@ def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: P
 
 def test_wrong_token_fails_with_what_to_check(cluster: Cluster, tmp_path: Path) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    out = subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space",
-                          "search_spaces/smoke.yaml", "--storage", str(tmp_path), "--address",
-                          cluster.gcs], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = launch(env, "search_spaces/smoke.yaml", "--storage", str(tmp_path), "--address",
+                 cluster.gcs)
     assert out.returncode == 2, out.stdout + out.stderr
     error = [ln for ln in out.stderr.splitlines() if ln.startswith("sd-tune launch: error:")]
     assert error and f"cannot connect to the Ray cluster at {cluster.gcs}" in error[0]

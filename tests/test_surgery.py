@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torchvision
 from torch import nn
 
@@ -207,20 +207,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, method: str, impl: str,
 
 
 @pytest.mark.parametrize(("method", "impl"), METHODS)
-def test_ddp_gloo_two_processes_trains_in_sync(tmp_path: Path, method: str, impl: str) -> None:
-    ctx = mp.get_context("spawn")
-    init = str(tmp_path / "init")
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, init, method, impl, str(tmp_path)))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, "DDP training hung"
-    assert [p.exitcode for p in procs] == [0, 0]
+def test_ddp_gloo_two_processes_trains_in_sync(tmp_path: Path, method: str, impl: str,
+                                               run_two_ranks: Callable[..., None]) -> None:
+    run_two_ranks(_ddp_worker, 2, str(tmp_path / "init"), method, impl, str(tmp_path))
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for key in a:
         if key.endswith(("running_mean", "running_var", "num_batches_tracked")):

@@ -7,14 +7,13 @@ import itertools
 import json
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sd_tune import build_model
 from sd_tune.config import EPOCH_METRICS, FINAL_METRICS, TrialConfig
@@ -284,19 +283,9 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_report_in_step(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_ddp_worker, args=(r, str(tmp_path / "init"), str(tmp_path)))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, "DDP trial hung"
-    assert [p.exitcode for p in procs] == [0, 0]
+def test_ddp_two_ranks_report_in_step(tmp_path: Path,
+                                      run_two_ranks: Callable[..., None]) -> None:
+    run_two_ranks(_ddp_worker, str(tmp_path / "init"), str(tmp_path))
     for method in ("sample", "block"):
         out = tmp_path / method
         r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in range(2))
