@@ -1,15 +1,32 @@
 """Stochastic depth ops: argument checks, per-block rate schedules, warmup and the residual drop.
 
 Pure torch. Models, surgery, Ray and files live elsewhere (see DESIGN.md §1).
+
+How the drops run, eager and under ``torch.compile``:
+
+- ``sample`` with ``sample_impl="mask"`` and every eval forward are plain tensor code: the
+  rate is read from a non-persistent buffer, so changing it (drop warmup) never recompiles,
+  and a model compiles with ``fullgraph=True``.
+- ``block`` and ``sample``/``subset`` decide on the host (CPU RNG: no device sync) whether a
+  block runs and on how many rows. Under ``torch.compile`` each draw is a graph break, and the
+  rest of the block compiles as a region of its own (:func:`region`), so a whole-model
+  ``torch.compile(model)`` ends with a few graphs per block shape instead of exhausting
+  dynamo's recompile limit.
+- The residual add, drop and ReLU run fused (:mod:`sd_tune.residual_kernels`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import types
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from sd_tune.residual_kernels import RowGradStash, residual_relu, scatter_residual_relu, take_rows
 
 METHODS: tuple[str, ...] = ("sample", "block")
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "linear")
@@ -96,20 +113,162 @@ def warmup_rate(full_rate: float, progress: float, drop_warmup: float) -> float:
     return full_rate * progress / drop_warmup
 
 
-def _sample_keep_count(batch: int, keep_prob: float) -> int:
-    """Stochastic rounding of ``batch * keep_prob``: its expectation is exactly that product."""
-    expected = batch * keep_prob
+# The host draws use the CPU generator, so they never wait for a device; torch.compile leaves
+# them out of its graphs.
+@torch.compiler.disable
+def _draw_block_kept(unit: Any) -> bool:
+    """``block``: does the whole batch run the branch this step (probability ``1 - p``)?"""
+    p = unit.drop_rate
+    return not (p >= 1.0 or torch.rand(()).item() < p)
+
+
+@torch.compiler.disable
+def _draw_keep_count(unit: Any, batch: int) -> int:
+    """``subset``: how many rows run the branch this step, ``batch * (1 - p)`` rounded
+    stochastically, so that its expectation is exactly that product."""
+    expected = batch * (1.0 - unit.drop_rate)
     k = math.floor(expected)
     if k < batch and torch.rand(()).item() < expected - k:
         k += 1
     return k
 
 
+def mask_scale(batch: int, keep_prob: float | Tensor, scale_by_keep: bool,
+               device: torch.device | str | None = None) -> Tensor:
+    """One Bernoulli(``keep_prob``) factor per row: 1 (or ``1 / keep_prob`` with
+    ``scale_by_keep``) for a kept row, 0 for a dropped one; float32, shape ``(batch,)``.
+
+    >>> mask_scale(4, 1.0, False)
+    tensor([1., 1., 1., 1.])
+    """
+    kept = (torch.rand(batch, device=device) < keep_prob).float()
+    if not scale_by_keep:
+        return kept
+    if isinstance(keep_prob, Tensor):
+        return kept * torch.where(keep_prob > 0, keep_prob.reciprocal(), 0.0)
+    return kept * (1.0 / keep_prob if keep_prob > 0 else 0.0)
+
+
+def _keep_scale(rate: float | Tensor, scale_by_keep: bool) -> float | Tensor:
+    """The factor on a kept branch in training (call only when something is kept)."""
+    return 1.0 / (1.0 - rate) if scale_by_keep else 1.0
+
+
+def _current_rate(unit: Any) -> float | Tensor:
+    """The rate as compiled code must read it (a tensor: no recompile when it changes)."""
+    return unit.drop_rate_tensor if torch.compiler.is_compiling() else unit.drop_rate
+
+
+# The parts of a host-drawn forward that run on tensors. Under torch.compile each one runs as
+# a region of its own per block shape (see :func:`region`); the draws between them stay eager.
+def _shortcut_part(unit: Any, x: Tensor) -> Tensor:
+    return unit.shortcut_forward(x)
+
+
+def _kept_part(unit: Any, x: Tensor, identity: Tensor) -> Tensor:
+    scale = _keep_scale(_current_rate(unit), unit.scale_by_keep)
+    return residual_relu(unit.branch_forward(x), identity, scale)
+
+
+def _rows_part(unit: Any, x: Tensor, identity: Tensor, idx: Tensor) -> Tensor:
+    stash = RowGradStash() if identity is x and not torch.compiler.is_compiling() else None
+    rows = unit.branch_forward(take_rows(x, idx, stash))
+    scale = _keep_scale(_current_rate(unit), unit.scale_by_keep)
+    return scatter_residual_relu(identity, rows, idx, scale, stash)
+
+
+_PARTS = (_shortcut_part, _kept_part, _rows_part)
+
+_REGIONS: dict[tuple[Callable[..., Any], str], Callable[..., Any]] = {}
+
+
+def region(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
+    """``fn`` with a code object of its own for ``key``.
+
+    torch.compile keeps compiled graphs per code object, and at most ``recompile_limit``
+    (8) of them for code that does not pin one module instance. Blocks of a dozen shapes
+    running one function would share, and exhaust, that budget and fall back to eager;
+    one copy per block shape gives each shape its own.
+
+    >>> def f(x): return x + 1
+    >>> g = region(f, "a")
+    >>> g(1), g.__code__ is f.__code__, region(f, "a") is g
+    (2, False, True)
+    """
+    copy = _REGIONS.get((fn, key))
+    if copy is None:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_{key}")
+        copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__,
+                                  fn.__closure__)
+        _REGIONS[(fn, key)] = copy
+    return copy
+
+
+def region_key(*parts: object) -> str:
+    """A short name for a block shape, from the reprs of its parts.
+
+    >>> len(region_key("Bottleneck(...)"))
+    10
+    """
+    text = "|".join(repr(p) for p in parts)
+    return hashlib.blake2s(text.encode(), digest_size=5).hexdigest()
+
+
+@torch.compiler.disable
+def _region_parts(unit: Any) -> tuple[Callable[..., Any], ...]:
+    return tuple(region(fn, unit.region_key) for fn in _PARTS)
+
+
+def _host_forward(unit: Any, x: Tensor, regional: bool = False) -> Tensor:
+    """Training forward of ``block`` and ``sample``/``subset``: draw on the host, then run the
+    branch on the whole batch, on the kept rows, or not at all. ``unit`` has
+    ``shortcut_forward``, ``branch_forward``, ``drop_rate`` (float), ``drop_rate_tensor``,
+    ``stochastic_method`` and ``scale_by_keep``. ``regional``: run the parts as regions."""
+    shortcut, kept, kept_rows = _region_parts(unit) if regional else _PARTS
+    identity = shortcut(unit, x)
+    if unit.stochastic_method == "block":
+        if not _draw_block_kept(unit):
+            return torch.relu(identity)
+        return kept(unit, x, identity)
+    batch = x.shape[0]
+    k = _draw_keep_count(unit, batch)
+    if k == 0:
+        return torch.relu(identity)
+    if k == batch:
+        return kept(unit, x, identity)
+    idx = torch.randperm(batch, device=x.device)[:k].sort().values
+    if regional:  # k changes from step to step: compile the kept rows' region for any k
+        torch._dynamo.maybe_mark_dynamic(idx, 0)
+    return kept_rows(unit, x, identity, idx)
+
+
+# Dynamo skips this frame only (the draws and the choice of part stay eager); the parts it
+# calls are compiled as frames of their own.
+_enter_region = torch.compiler.disable(_host_forward, recursive=False)
+
+
+class _Unit:
+    """What :func:`_host_forward` reads, for the functional form."""
+
+    def __init__(self, branch: Callable[[Tensor], Tensor], identity: Tensor, p: float,
+                 stochastic_method: str, scale_by_keep: bool) -> None:
+        self.branch_forward, self._identity = branch, identity
+        self.drop_rate = float(p)
+        self.stochastic_method, self.scale_by_keep = stochastic_method, scale_by_keep
+
+    @property
+    def drop_rate_tensor(self) -> Tensor:
+        return torch.tensor(self.drop_rate, device=self._identity.device)
+
+    def shortcut_forward(self, x: Tensor) -> Tensor:
+        return self._identity
+
+
 def stochastic_residual(
     x: Tensor,
     branch: Callable[[Tensor], Tensor],
     identity: Tensor,
-    p: float,
+    p: float | Tensor,
     *,
     training: bool,
     stochastic_method: str = "sample",
@@ -118,112 +277,96 @@ def stochastic_residual(
 ) -> Tensor:
     """``relu(identity + drop(branch(x)))``: the output of a ResNet block with drop rate ``p``.
 
-    ``branch`` must return a tensor it owns (a BatchNorm output is fine): the sum is
-    accumulated into it in place. The result never aliases ``x``. Training draws from
-    torch's global RNG; eval is deterministic and scales the branch by ``1 - p`` unless
-    ``scale_by_keep``.
+    Training draws from torch's RNGs (the mask on ``x``'s device; ``block`` and ``subset``
+    decisions on the CPU); eval is deterministic and scales the branch by ``1 - p`` unless
+    ``scale_by_keep``. ``p`` may be a 0-dim tensor for ``sample``/``mask`` and eval. The
+    result never aliases ``x``. Under torch.compile prefer the modules
+    (:class:`StochasticResidual`, surgery), which compile ``block`` and ``subset`` per region.
 
     >>> import torch
     >>> x = torch.ones(4, 2)
     >>> stochastic_residual(x, lambda t: 2 * t, x, 0.5, training=False)[0]
     tensor([2., 2.])
     """
-    if not training or p == 0.0:
-        out = branch(x)
-        if not training and not scale_by_keep and p != 0.0:
-            out.mul_(1.0 - p)
-        return out.add_(identity).relu_()
-    if stochastic_method == "block":
-        if p >= 1.0 or torch.rand(()).item() < p:
-            return torch.relu(identity)
-        out = branch(x)
-        if scale_by_keep:
-            out.mul_(1.0 / (1.0 - p))
-        return out.add_(identity).relu_()
-    if sample_impl == "mask":
-        # The branch always runs (a static graph for DDP); p == 1 multiplies it by 0.
-        out = branch(x)
-        keep = 1.0 - p
-        mask = torch.empty((out.shape[0],) + (1,) * (out.dim() - 1), dtype=out.dtype,
-                           device=out.device).bernoulli_(keep)
-        if scale_by_keep and keep > 0.0:
-            mask.div_(keep)
-        return out.mul_(mask).add_(identity).relu_()
-    # subset: run the branch on the k kept rows only and add it back at those rows.
-    batch = x.shape[0]
-    k = _sample_keep_count(batch, 1.0 - p)
-    scale = 1.0 / (1.0 - p) if scale_by_keep and k > 0 else 1.0
-    if k == batch:
-        out = branch(x)
-        if scale != 1.0:
-            out.mul_(scale)
-        return out.add_(identity).relu_()
-    if k == 0:
-        return torch.relu(identity)
-    idx = torch.randperm(batch, device=x.device)[:k].sort().values
-    if not torch.is_grad_enabled() or not (x.requires_grad or identity.requires_grad):
-        return identity.index_add(0, idx, branch(x.index_select(0, idx)), alpha=scale).relu_()
-    stash = _GradStash() if identity is x else None
-    rows = _GatherRows.apply(x, idx, stash)
-    return _AddRowsReLU.apply(identity, branch(rows), idx, scale, stash)
+    if not training:
+        return residual_relu(branch(x), identity, 1.0 if scale_by_keep else 1.0 - p)
+    if stochastic_method == "sample" and sample_impl == "mask":
+        return residual_relu(branch(x), identity,
+                             mask_scale(x.shape[0], 1.0 - p, scale_by_keep, x.device))
+    return _host_forward(_Unit(branch, identity, float(p), stochastic_method, scale_by_keep), x)
 
 
-class _GradStash:
-    """Hands the gradient of a subset block's output from ``_AddRows`` to ``_GatherRows``."""
+class StochasticResidualBase(nn.Module):
+    """What every stochastic residual unit shares: its rate (a float ``drop_rate`` and the
+    0-dim tensor ``drop_rate_tensor`` that compiled code reads), its settings, and
+    the forward ``relu(shortcut(x) + drop(branch(x)))``. Subclasses give
+    ``branch_forward(x)`` (a fresh tensor) and ``shortcut_forward(x)``."""
 
-    __slots__ = ("grad",)
+    stochastic_method: str
+    scale_by_keep: bool
+    sample_impl: str
+    region_key: str
+    _drop_rate: float
 
-    def __init__(self) -> None:
-        self.grad: Tensor | None = None
+    def branch_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def shortcut_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _setup_drop(self, drop_rate: float, stochastic_method: str, scale_by_keep: bool,
+                    sample_impl: str, key: str) -> None:
+        self.stochastic_method = stochastic_method
+        self.scale_by_keep = scale_by_keep
+        self.sample_impl = sample_impl
+        self.region_key = key
+        device = next((t.device for t in self.parameters()), None)
+        # A plain tensor attribute, not a buffer: state_dict and named_buffers stay the plain
+        # model's; _apply below moves it with the module.
+        self.drop_rate_tensor = torch.tensor(float(drop_rate), dtype=torch.float32,
+                                             device=device)
+        self._drop_rate = float(drop_rate)
+
+    @property
+    def drop_rate(self) -> float:
+        """The current drop rate of this unit (setting it updates ``drop_rate_tensor``)."""
+        return self._drop_rate
+
+    @drop_rate.setter
+    def drop_rate(self, value: float) -> None:
+        value = float(value)
+        if value != self._drop_rate:
+            self._drop_rate = value
+            self.drop_rate_tensor.fill_(value)
+
+    @property
+    def draws_on_host(self) -> bool:
+        """Whether training draws on the host: ``block`` and ``sample``/``subset``."""
+        return self.stochastic_method == "block" or self.sample_impl == "subset"
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        super()._apply(fn, recurse)
+        rate = fn(self.drop_rate_tensor)
+        if rate.dtype not in (torch.float32, torch.float64):  # .half() would round the rate
+            rate = torch.tensor(self._drop_rate, dtype=torch.float32, device=rate.device)
+        self.drop_rate_tensor = rate
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.draws_on_host:
+            if torch.compiler.is_compiling():
+                return _enter_region(self, x, True)
+            return _host_forward(self, x)
+        identity = self.shortcut_forward(x)
+        out = self.branch_forward(x)
+        rate = _current_rate(self)
+        if not self.training:
+            return residual_relu(out, identity, 1.0 if self.scale_by_keep else 1.0 - rate)
+        return residual_relu(out, identity,
+                             mask_scale(x.shape[0], 1.0 - rate, self.scale_by_keep, x.device))
 
 
-class _GatherRows(torch.autograd.Function):
-    """``x[idx]``; with a stash, its backward adds the row gradients into the identity path's
-    gradient in place, instead of scattering into zeros and summing two full tensors."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, idx: Tensor, stash: _GradStash | None) -> Tensor:
-        ctx.save_for_backward(idx)
-        ctx.stash, ctx.shape = stash, x.shape
-        return x.index_select(0, idx)
-
-    @staticmethod
-    def backward(ctx, grad_rows: Tensor) -> tuple[Tensor, None, None]:
-        (idx,) = ctx.saved_tensors
-        grad = ctx.stash.grad if ctx.stash is not None else None
-        if grad is None:
-            grad = grad_rows.new_zeros(ctx.shape)
-        else:
-            ctx.stash.grad = None
-        return grad.index_add_(0, idx, grad_rows), None, None
-
-
-class _AddRowsReLU(torch.autograd.Function):
-    """``relu(identity + scale * rows at idx)``. With a stash (identity is the block input
-    itself) the identity gradient is handed to ``_GatherRows`` instead of returned."""
-
-    @staticmethod
-    def forward(ctx, identity: Tensor, rows: Tensor, idx: Tensor, scale: float,
-                stash: _GradStash | None) -> Tensor:
-        out = identity.index_add(0, idx, rows, alpha=scale).relu_()
-        ctx.save_for_backward(idx, out)
-        ctx.scale, ctx.stash = scale, stash
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor, None, None, None]:
-        idx, out = ctx.saved_tensors
-        grad = torch.ops.aten.threshold_backward(grad_out, out, 0)  # relu's backward, a new tensor
-        grad_rows = grad.index_select(0, idx)
-        if ctx.scale != 1.0:
-            grad_rows.mul_(ctx.scale)
-        if ctx.stash is None:
-            return grad, grad_rows, None, None, None
-        ctx.stash.grad = grad
-        return None, grad_rows, None, None, None
-
-
-class StochasticResidual(nn.Module):
+class StochasticResidual(StochasticResidualBase):
     """A residual unit ``relu(shortcut(x) + drop(branch(x)))`` with stochastic depth.
 
     The module form of :func:`stochastic_residual` for building new networks; ResNets
@@ -252,18 +395,14 @@ class StochasticResidual(nn.Module):
         super().__init__()
         self.branch = branch
         self.shortcut = shortcut
-        self.drop_rate = float(drop_rate)
-        self.stochastic_method = stochastic_method
-        self.scale_by_keep = scale_by_keep
-        self.sample_impl = sample_impl
+        self._setup_drop(drop_rate, stochastic_method, scale_by_keep, sample_impl,
+                         region_key(branch, shortcut))
 
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return stochastic_residual(
-            x, self.branch, identity, self.drop_rate, training=self.training,
-            stochastic_method=self.stochastic_method, scale_by_keep=self.scale_by_keep,
-            sample_impl=self.sample_impl,
-        )
+    def branch_forward(self, x: Tensor) -> Tensor:
+        return self.branch(x)
+
+    def shortcut_forward(self, x: Tensor) -> Tensor:
+        return x if self.shortcut is None else self.shortcut(x)
 
     def extra_repr(self) -> str:
         return (f"drop_rate={self.drop_rate:g}, stochastic_method={self.stochastic_method!r}, "

@@ -11,7 +11,13 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from sd_tune.stochastic_depth import check_args, drop_rates, stochastic_residual, warmup_rate
+from sd_tune.stochastic_depth import (
+    StochasticResidualBase,
+    check_args,
+    drop_rates,
+    region_key,
+    warmup_rate,
+)
 
 # Names accepted by ``target_layer_name``; "auto" takes every block of a known kind.
 TARGET_LAYER_NAMES: tuple[str, ...] = (
@@ -64,7 +70,7 @@ def _block_kind(module: nn.Module) -> str | None:
     return None
 
 
-class StochasticBlock(nn.Module):
+class StochasticBlock(StochasticResidualBase):
     """A residual block with stochastic depth, made by surgery from a plain one.
 
     It takes over the plain block's submodules and attributes (same names), and computes
@@ -72,21 +78,15 @@ class StochasticBlock(nn.Module):
     ``target_drop_rate`` the rate reached after warmup; ``block_class`` is the original class.
     """
 
-    drop_rate: float
     target_drop_rate: float
     block_class: type
-    stochastic_method: str
-    scale_by_keep: bool
-    sample_impl: str
     block_kind: str
 
-    def forward(self, x: Tensor) -> Tensor:
-        branch_fn, shortcut_fn = _KINDS[self.block_kind]
-        return stochastic_residual(
-            x, lambda t: branch_fn(self, t), shortcut_fn(self, x), self.drop_rate,
-            training=self.training, stochastic_method=self.stochastic_method,
-            scale_by_keep=self.scale_by_keep, sample_impl=self.sample_impl,
-        )
+    def branch_forward(self, x: Tensor) -> Tensor:
+        return _KINDS[self.block_kind][0](self, x)
+
+    def shortcut_forward(self, x: Tensor) -> Tensor:
+        return _KINDS[self.block_kind][1](self, x)
 
     def extra_repr(self) -> str:
         return (f"{self.block_class.__name__}, drop_rate={self.drop_rate:.4g}, "
@@ -188,13 +188,13 @@ def apply_stochastic_depth(
     for (name, plain), rate in zip(found, rates, strict=True):
         block = StochasticBlock.__new__(StochasticBlock)
         block.__dict__.update(plain.__dict__)
+        block.__dict__["_buffers"] = dict(plain._buffers)  # its own dict: it gains a buffer
+        block.__dict__["_non_persistent_buffers_set"] = set(plain._non_persistent_buffers_set)
         block.block_class = type(plain)
         block.block_kind = _block_kind(plain)
-        block.stochastic_method = stochastic_method
-        block.scale_by_keep = scale_by_keep
-        block.sample_impl = sample_impl
         block.target_drop_rate = rate
-        block.drop_rate = rate if drop_warmup == 0 else 0.0
+        block._setup_drop(rate if drop_warmup == 0 else 0.0, stochastic_method, scale_by_keep,
+                          sample_impl, region_key(plain))
         _replace(model, name, block)
     return model
 
@@ -208,7 +208,11 @@ def set_drop_progress(model: nn.Module, progress: float, drop_warmup: float) -> 
     >>> set_drop_progress(model, 0.25, 0.5); stochastic_blocks(model)[0].drop_rate
     0.2
     """
-    for block in stochastic_blocks(model):
+    _set_progress(stochastic_blocks(model), progress, drop_warmup)
+
+
+def _set_progress(blocks: list[StochasticBlock], progress: float, drop_warmup: float) -> None:
+    for block in blocks:
         block.drop_rate = warmup_rate(block.target_drop_rate, progress, drop_warmup)
 
 
@@ -273,6 +277,7 @@ class StochasticDepth:
         self.scale_by_keep = scale_by_keep
         self.sample_impl = sample_impl
         self.model: nn.Module | None = None
+        self._blocks: list[StochasticBlock] = []
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -287,13 +292,16 @@ class StochasticDepth:
             scale_by_keep=self.scale_by_keep, sample_impl=self.sample_impl,
         )
         self.model = model
+        self._blocks = stochastic_blocks(model)
         return model
 
     def set_progress(self, fraction: float) -> None:
-        """Set every block's rate for ``fraction`` of training done (the warmup rule)."""
+        """Set every block's rate for ``fraction`` of training done (the warmup rule).
+
+        Cheap once warmup is over: a rate that does not change touches nothing."""
         if self.model is None:
             raise RuntimeError("call `StochasticDepth.apply(model)` before `set_progress`")
-        set_drop_progress(self.model, fraction, self.drop_warmup)
+        _set_progress(self._blocks, fraction, self.drop_warmup)
 
     def __repr__(self) -> str:
         return (f"StochasticDepth(target_layer_name={self.target_layer_name!r}, "

@@ -252,3 +252,52 @@ def test_check_args_messages(kwargs: dict, message: str) -> None:
     if module_kwargs:
         with pytest.raises(ValueError, match=message):
             StochasticResidual(nn.Identity(), **module_kwargs)
+
+
+def test_rate_tensor_follows_the_rate_and_keeps_its_precision() -> None:
+    _, model = stochastic_block(0.3)
+    block = model[0]
+    assert block.drop_rate_tensor.item() == pytest.approx(0.3)
+    block.drop_rate = 0.125
+    assert block.drop_rate_tensor.item() == 0.125
+    half = copy.deepcopy(model).half()
+    assert half[0].drop_rate_tensor.dtype == torch.float32  # not rounded to float16
+    assert half[0].drop_rate_tensor.item() == 0.125
+    assert copy.deepcopy(model).double()[0].drop_rate_tensor.dtype == torch.float64
+
+
+def compiled_rows_kept(block: nn.Module, plain: nn.Module, x: torch.Tensor, draws: int,
+                       dropped: torch.Tensor) -> list[int]:
+    """Kept-row counts of ``draws`` compiled forward passes; every row must match the plain
+    block's output (kept) or the dropped output within float tolerance."""
+    counts = []
+    with torch.no_grad():
+        kept = plain(x)
+        for _ in range(draws):
+            out = block(x)
+            is_kept = torch.isclose(out, kept, rtol=1e-5, atol=1e-5).flatten(1).all(1)
+            is_dropped = torch.isclose(out, dropped, rtol=1e-5, atol=1e-5).flatten(1).all(1)
+            assert bool((is_kept | is_dropped).all()), "a row is neither kept nor dropped"
+            counts.append(int(is_kept.sum()))
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
+                                              ("block", "mask")])
+def test_compiled_drop_frequency_is_binomial(method: str, impl: str) -> None:
+    """Under torch.compile (inductor, its own RNG) the drop rate is still p; rows still equal
+    the plain block's or the shortcut's, within float tolerance."""
+    p = 0.4
+    plain, model = stochastic_block(p, method, impl)
+    compiled = torch.compile(model)
+    torch.manual_seed(12)
+    x = torch.randn(13, 4, 6, 6)
+    counts = compiled_rows_kept(compiled, plain, x, 200, torch.relu(x))
+    if method == "block":
+        assert set(counts) <= {0, 13}
+        drops = counts.count(0)
+        assert binomtest(drops, 200, p).pvalue > ALPHA
+    else:
+        n = 200 * 13
+        assert binomtest(n - sum(counts), n, p).pvalue > ALPHA

@@ -277,3 +277,82 @@ def test_torchvision_block_built_directly_is_found() -> None:
                           torchvision.models.resnet.BasicBlock(8, 8))
     apply_stochastic_depth(model, "auto", drop_rate=0.2)
     assert [b.drop_rate for b in stochastic_blocks(model)] == pytest.approx([0.1, 0.2])
+
+
+def _graphs() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.parametrize(("method", "impl"), METHODS)
+def test_compile_with_drop_warmup_adds_no_graphs_once_warm(method: str, impl: str) -> None:
+    """Rates that change every step (drop warmup) compile nothing new after a few steps, the
+    total stays at a few graphs per block, and no frame falls back to eager (the recompile
+    limit is made an error); ``mask`` compiles as one full graph."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    sd = StochasticDepth("auto", method, drop_rate=0.5, drop_warmup=0.9, sample_impl=impl)
+    model = sd.apply(build_model("cifar_resnet20", 10)).train()
+    fullgraph = impl == "mask" and method == "sample"
+    x = torch.randn(16, 3, 16, 16)
+    seen = []
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=fullgraph)
+        for step in range(16):
+            sd.set_progress(0.3 + step / 50)  # still in warmup: every rate moves every step
+            compiled(x).sum().backward()
+            seen.append(_graphs())
+    assert seen[5:] == [seen[5]] * 11, seen
+    assert seen[-1] <= (1 if fullgraph else 3 * 9 + 2), seen
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "impl"), METHODS)
+def test_compiled_model_trains_and_matches_eager(method: str, impl: str) -> None:
+    """``torch.compile(model)`` as users call it (inductor): training steps with warmup run,
+    and the compiled eval output equals eager within float tolerance."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    sd = StochasticDepth("auto", method, drop_rate=0.5, drop_warmup=0.5, sample_impl=impl)
+    model = sd.apply(build_model("cifar_resnet8", 10, in_channels=1)).train()
+    compiled = torch.compile(model, fullgraph=impl == "mask" and method == "sample")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,))
+    for step in range(4):
+        sd.set_progress(step / 10)
+        opt.zero_grad()
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("method", "impl"), METHODS)
+def test_channels_last_rows_and_outputs_for_resnet50(method: str, impl: str) -> None:
+    """With a channels_last input every residual branch gets channels_last rows, every block
+    returns channels_last, and the gradient each block hands back is channels_last."""
+    torch.manual_seed(0)
+    model = apply_stochastic_depth(build_model("resnet50", 10), "auto", method, 0.5,
+                                   sample_impl=impl).to(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    seen: list[tuple[str, bool]] = []
+
+    def note(kind: str, t: torch.Tensor) -> None:
+        seen.append((kind, t.is_contiguous(memory_format=cl)))
+
+    def on_input(block: nn.Module, args: tuple) -> None:
+        args[0].register_hook(lambda g: note("grad", g))  # the gradient a block hands back
+
+    for block in stochastic_blocks(model):
+        block.conv1.register_forward_pre_hook(lambda m, args: note("branch", args[0]))
+        block.register_forward_hook(lambda m, args, out: note("block", out))
+        block.register_forward_pre_hook(on_input)
+    x = torch.randn(6, 3, 64, 64).contiguous(memory_format=cl)
+    model.train()
+    for _ in range(3):
+        model(x).sum().backward()
+    assert seen and all(ok for _, ok in seen), [s for s in seen if not s[1]]
+    assert sum(kind == "block" for kind, _ in seen) == 3 * 16
+    assert sum(kind == "grad" for kind, _ in seen) == 3 * 16
