@@ -100,13 +100,15 @@ def _scale_args(scale: float | Tensor | None, batch: int) -> tuple[Tensor | None
 
 
 def _torch_residual_relu(branch: Tensor, identity: Tensor, scale: float | Tensor | None) -> Tensor:
-    if scale is None:
-        return torch.add(identity, branch).relu_()
+    # In place on ``branch``: on the CPU a fresh activation-sized tensor per block costs more
+    # (page faults) than the extra pass of mul_.
     if isinstance(scale, Tensor):
         if scale.dim() == 1:
             scale = scale.view(-1, *(1,) * (branch.dim() - 1))
-        return torch.addcmul(identity, branch, scale.to(branch.dtype)).relu_()
-    return torch.add(identity, branch, alpha=scale).relu_()
+        branch = branch.mul_(scale.to(branch.dtype))
+    elif scale is not None and scale != 1.0:
+        branch = branch.mul_(scale)
+    return branch.add_(identity).relu_()
 
 
 class _ResidualReLU(torch.autograd.Function):
@@ -144,7 +146,8 @@ class _ResidualReLU(torch.autograd.Function):
 
 def residual_relu(branch: Tensor, identity: Tensor, scale: float | Tensor | None = None) -> Tensor:
     """``relu(identity + scale * branch)``; ``scale`` None (1), a number, a 0-dim tensor, or one
-    value per row (shape ``(batch,)``). The result has ``identity``'s memory format.
+    value per row (shape ``(batch,)``). ``branch`` must be a fresh tensor the caller owns (a
+    BatchNorm output is): the torch path overwrites it with the result.
 
     >>> residual_relu(torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 0.5]]), 2.0)
     tensor([[2.5000, 0.0000]])
