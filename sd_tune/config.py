@@ -28,7 +28,8 @@ SAMPLE_IMPLS = ("mask", "subset")
 TARGET_LAYER_NAMES = ("auto", "Bottleneck", "BasicBlock", "ResNetBottleneck", "CifarBasicBlock")
 # Every metric a trial reports after each epoch (DESIGN.md §3); test_acc comes once at the end.
 EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
-                 "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth")
+                 "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth",
+                 "compile_time_s")
 FINAL_METRICS = ("test_acc", "test_acc5", "test_loss")
 SAMPLERS = ("tpe", "nsga2", "random")
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
@@ -88,10 +89,11 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
     channels_last: bool = True  # on GPU (ignored on CPU)
-    compile: bool = False
+    compile: bool | str = "auto"  # "auto": torch.compile on CUDA, eager on CPU
     eval_batch_size: int | None = None
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
+    nan_check_every: int = 50  # steps between reads of the device for a non-finite loss
     fail_at_epoch: int | None = None  # testing aid: make the loss NaN in this epoch
 
 
@@ -281,6 +283,11 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
     for key in ("eval_batch_size", "max_steps_per_epoch"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             problems.append((f"train.{key}", f"must be >= 1 or null, but got {getattr(t, key)}"))
+    if t.nan_check_every < 1:
+        problems.append(("train.nan_check_every", f"must be >= 1, but got {t.nan_check_every}"))
+    if not (isinstance(t.compile, bool) or t.compile == "auto"):
+        problems.append(("train.compile", f"must be 'auto' (compile on CUDA only), true or "
+                                          f"false, but got {t.compile!r}"))
     _choice(problems, "stochastic_depth.target_layer_name", s.target_layer_name,
             TARGET_LAYER_NAMES)
     _choice(problems, "stochastic_depth.method", s.method, METHODS)

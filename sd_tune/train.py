@@ -299,12 +299,13 @@ def _broadcast_buffers(model: nn.Module, world_size: int) -> None:
 
 
 def _nan_error(loss: float, epoch: int, step: int, steps: int, global_step: int, lr: float,
-               forced: bool) -> FloatingPointError:
+               forced: bool, stopped_at: int) -> FloatingPointError:
     return FloatingPointError(
         f"non-finite training loss ({loss if not math.isfinite(loss) else 'on another rank'}) "
         f"at epoch {epoch}, step {step} (of {steps} in the "
-        f"epoch; global step {global_step}, lr {lr:.4g}); the trial stops here instead of "
-        f"training on NaN. Lower train.lr, raise train.warmup_epochs, or turn off train.bf16"
+        f"epoch; global step {global_step}, lr {lr:.4g}; seen at the check after global step "
+        f"{stopped_at}); the trial stops here instead of training on NaN. Lower train.lr, "
+        f"raise train.warmup_epochs, or turn off train.bf16"
         + (f" (train.fail_at_epoch={epoch} forced this failure)" if forced else "")
     )
 
@@ -315,10 +316,34 @@ def progress_line(m: dict[str, float], epochs: int) -> str:
             f"acc {m['train_acc']:.4f} | val_loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} "
             f"acc5 {m['val_acc5']:.4f} | {m['images_per_s']:.0f} img/s | lr {m['lr']:.4g} | "
             f"train {m['train_time_s']:.1f} s, wall {m['wall_time_s']:.1f} s")
+    if m.get("compile_time_s"):
+        line += f", compile {m['compile_time_s']:.1f} s"
     if "test_acc" in m:
         line += f" | test_loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} " \
                 f"acc5 {m['test_acc5']:.4f}"
     return line
+
+
+def compiles(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``train.compile`` compiles on ``device``: ``"auto"`` compiles on CUDA only.
+
+    >>> compiles("auto", torch.device("cpu")), compiles(True, torch.device("cpu"))
+    (False, True)
+    """
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in torch.compile so far (dynamo's own account, forward
+    and backward graphs); 0 where this torch does not keep one."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+    except ImportError:  # pragma: no cover - every torch we support has it
+        return 0.0
+    spent = calculate_time_spent()
+    if "total_wall_time" in spent:
+        return float(spent["total_wall_time"])
+    return float(spent.get("entire_frame_compile", 0.0) + spent.get("entire_backward_compile", 0.0))
 
 
 def run_trial(
@@ -334,26 +359,32 @@ def run_trial(
 ) -> dict[str, float]:
     """Train one configuration; call ``report(metrics, checkpoint_dir)`` after every epoch.
 
-    Rank and world size come from ``torch.distributed`` when it is initialised (else 0 / 1);
-    the device is ``device``, else ``cuda:<local rank>``, else CPU. The model is wrapped with
-    ``prepare_model`` when given (Ray's ``prepare_model`` with ``parallel_strategy_kwargs=
-    ddp_kwargs(sd)``), else in DDP when distributed, else not at all.
+    Args:
+        cfg: what to train and how.
+        report: called once per epoch on every rank (see the module docstring).
+        resume_dir: continue from such a checkpoint folder (copied) at the next epoch, with
+            the optimizer, scheduler, RNG and stochastic-depth state it holds; a checkpoint of
+            the last epoch returns its metrics without training.
+        device: default ``cuda:<local rank>`` when CUDA is available, else CPU.
+        prepare_model: wraps the model (Ray's ``prepare_model`` with
+            ``parallel_strategy_kwargs=ddp_kwargs(sd)``); default DDP when distributed.
+        log: gets one line per epoch on rank 0 (default ``print``).
+        splits: replaces the data that ``cfg.dataset`` describes.
+        replay: a resumed run first reports every epoch the checkpoint has already seen again
+            (no checkpoint with them), for a caller whose record of them was lost, such as a
+            restored Tune trial.
 
+    Rank and world size come from ``torch.distributed`` when it is initialised (else 0 / 1).
     Each report holds the metrics of :data:`sd_tune.config.EPOCH_METRICS` (finite floats;
     ``epoch`` is 1-based, ``lr`` is the rate of the epoch's last step, ``train_loss`` includes
-    label smoothing, ``val_loss`` is plain cross-entropy); the last one adds ``test_loss``,
-    ``test_acc``, ``test_acc5``. Every rank reports (see the module docstring); rank 0 passes
-    a temporary checkpoint folder that is deleted once ``report`` returns. ``resume_dir``
-    continues from such a folder (copied) at the next epoch, with the optimizer, scheduler,
-    RNG and stochastic-depth state it holds; a checkpoint of the last epoch returns its
-    metrics without training. With ``replay``, a resumed run first reports every epoch the
-    checkpoint has already seen again (no checkpoint with them), for a caller whose record of
-    them was lost, such as a restored Tune trial. ``splits`` replaces the data that
-    ``cfg.dataset`` describes. ``log`` (default ``print``) gets one line per epoch, on rank 0
-    only. Returns the last metrics reported.
+    label smoothing, ``val_loss`` is plain cross-entropy, ``compile_time_s`` the seconds spent
+    compiling, kept out of ``train_time_s`` and in ``wall_time_s``); the last one adds
+    ``test_loss``, ``test_acc``, ``test_acc5``. Returns the last metrics reported.
 
-    A non-finite training loss raises ``FloatingPointError`` naming the epoch and step, on
-    every rank at the same step.
+    A non-finite training loss raises ``FloatingPointError`` naming the epoch and step where it
+    first appeared, on every rank at the same step. The device is read for it only every
+    ``train.nan_check_every`` steps and at the end of each epoch, so training stops within
+    that many steps, and never reports or checkpoints non-finite weights.
     """
     t_start = time.perf_counter()
     rank, world_size = dist_info()
@@ -364,21 +395,65 @@ def run_trial(
         torch.cuda.set_device(device)
     say = (log or print) if rank == 0 else (lambda _line: None)
     with _deterministic(cfg.train.deterministic):
-        return _run(cfg, report, resume_dir, device, prepare_model, say, splits, replay, rank,
-                    world_size, t_start)
+        trial = setup_trial(cfg, device=device, rank=rank, world_size=world_size,
+                            splits=splits, prepare_model=prepare_model)
+        state = restore(trial, resume_dir, report=report, replay=replay, say=say)
+        if state.start_epoch > cfg.train.epochs:
+            return state.metrics
+        for epoch in range(state.start_epoch, cfg.train.epochs + 1):
+            totals = train_one_epoch(trial, state, epoch)
+            metrics = epoch_metrics(trial, state, epoch, totals, t_start)
+            say(progress_line(metrics, cfg.train.epochs))
+            save_and_report(trial, state, metrics, report)
+        return state.metrics
 
 
-def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
-         device: torch.device, prepare_model: Callable[[nn.Module], nn.Module] | None,
-         say: Callable[[str], None], splits: Splits | None, replay: bool, rank: int,
-         world_size: int,
-         t_start: float) -> dict[str, float]:
+# --------------------------------------------------------------------------- the trial's steps
+
+
+@dataclasses.dataclass
+class Trial:
+    """What :func:`setup_trial` builds: the data, the model and how it trains."""
+
+    cfg: TrialConfig
+    device: torch.device
+    rank: int
+    world_size: int
+    train_loader: Loader
+    val_loader: Loader
+    test_loader: Loader
+    steps_per_epoch: int
+    total_steps: int
+    model: nn.Module  # the plain model: what checkpoints hold, what evaluation runs
+    sd: StochasticDepth
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_forward: Callable[[Tensor], Tensor]  # the wrapped (DDP) and maybe compiled model
+    eval_model: nn.Module
+    bf16: bool
+
+
+@dataclasses.dataclass
+class TrialState:
+    """Where training stands: what a checkpoint restores and every epoch moves on."""
+
+    start_epoch: int = 1
+    global_step: int = 0
+    train_time_s: float = 0.0
+    compile_time_s: float = 0.0
+    wall_before_s: float = 0.0  # wall-clock of earlier runs of this trial (before a resume)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+def setup_trial(cfg: TrialConfig, *, device: torch.device, rank: int = 0, world_size: int = 1,
+                splits: Splits | None = None,
+                prepare_model: Callable[[nn.Module], nn.Module] | None = None) -> Trial:
+    """Load the data, build the model with its stochastic depth (same initial weights on
+    every rank), the optimizer and the schedule; wrap (DDP) and compile as ``cfg`` says."""
     t, d = cfg.train, cfg.dataset
     on_gpu = device.type == "cuda"
-    use_bf16 = on_gpu and t.bf16
     channels_last = on_gpu and t.channels_last
-
-    # ---- data
     if splits is None:
         splits = load_splits(d.name, root=d.root, download=d.download,
                              val_fraction=d.val_fraction, split_seed=d.split_seed,
@@ -402,7 +477,6 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = min(total_steps, round(t.warmup_epochs * steps_per_epoch))
 
-    # ---- model: same initial weights on every rank
     _seed_everything(t.seed)
     model = build_model(cfg.model.arch, info.num_classes, info.in_channels)
     sd = stochastic_depth_from_config(cfg)
@@ -413,43 +487,6 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
 
-    # ---- resume
-    start_epoch, global_step = 1, 0
-    train_time, wall_before = 0.0, 0.0
-    last_metrics: dict[str, float] = {}
-    history: list[dict[str, float]] = []  # every epoch's metrics so far, kept in checkpoints
-    rng_restored = False
-    if resume_dir is not None:
-        state = load_checkpoint(resume_dir)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        global_step = int(state["global_step"])
-        train_time = float(state["train_time_s"])
-        wall_before = float(state["wall_time_s"])
-        last_metrics = dict(state["metrics"])
-        history = [dict(m) for m in state.get("history", [last_metrics])]
-        rngs = state["rng"]
-        if len(rngs) == world_size:
-            _set_rng_state(rngs[rank], device)
-            rng_restored = True
-        changed = _changed_keys(cfg, state["config"])
-        say(f"resuming from {resume_dir} after epoch {start_epoch - 1}"
-            + (f" (settings changed since: {', '.join(changed)})" if changed else ""))
-        if replay:
-            for past in history:
-                report(dict(past), None)
-        if start_epoch > t.epochs:
-            say(f"the checkpoint is already at epoch {start_epoch - 1} of {t.epochs}; "
-                "nothing left to train")
-            return last_metrics
-    if not rng_restored:
-        # Each rank draws its own stochastic-depth masks.
-        _seed_everything(_rank_seed(t.seed + start_epoch - 1, rank))
-    sd.set_progress(global_step / total_steps)
-
-    # ---- wrap
     if prepare_model is not None:
         wrapped = prepare_model(model)
     elif world_size > 1:
@@ -459,118 +496,227 @@ def _run(cfg: TrialConfig, report: Report, resume_dir: str | Path | None,
         wrapped = model
     train_forward: Callable[[Tensor], Tensor] = wrapped
     eval_model: nn.Module = model
-    if t.compile:
+    if compiles(t.compile, device):
         train_forward = torch.compile(wrapped)
-        eval_model = torch.compile(model)  # type: ignore[assignment]
+        # One compiled module serves both when nothing wraps the model; under DDP evaluation
+        # runs the plain model (eval shards are uneven across ranks), compiled on its own.
+        eval_model = (train_forward if wrapped is model  # type: ignore[assignment]
+                      else torch.compile(model))
+    return Trial(cfg=cfg, device=device, rank=rank, world_size=world_size,
+                 train_loader=train_loader, val_loader=val_loader, test_loader=test_loader,
+                 steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=model, sd=sd,
+                 optimizer=optimizer, scheduler=scheduler, train_forward=train_forward,
+                 eval_model=eval_model, bf16=on_gpu and t.bf16)
 
-    def criterion(logits: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
 
-    metrics: dict[str, float] = last_metrics
-    for epoch in range(start_epoch, t.epochs + 1):
-        # ---- train
-        train_loader.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
-        lr = optimizer.param_groups[0]["lr"]
-        _sync(device)
-        t_epoch = time.perf_counter()
-        for step, (x, y) in enumerate(train_loader, start=1):
-            if step > steps_per_epoch:
-                break
-            sd.set_progress(min(1.0, global_step / total_steps))
-            lr = optimizer.param_groups[0]["lr"]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = train_forward(x)
-            loss = criterion(logits, y)
-            if t.fail_at_epoch == epoch:
-                loss = loss * float("nan")
-            bad = (~torch.isfinite(loss.detach())).to(torch.float32)
-            if world_size > 1:
-                dist.all_reduce(bad)
-            if bad.item() > 0:
-                raise _nan_error(loss.item(), epoch, step, steps_per_epoch, global_step + 1, lr,
-                                 forced=t.fail_at_epoch == epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            n = len(y)
-            loss_sum += loss.detach().double() * n
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += n
-        _sync(device)
-        epoch_time = time.perf_counter() - t_epoch
-        train_time += epoch_time
-        sd.set_progress(min(1.0, global_step / total_steps))
-        loss_total, correct_total, seen_total = _all_reduce(
-            [loss_sum, correct, float(seen)], device, world_size)
+def restore(trial: Trial, resume_dir: str | Path | None, *, report: Report,
+            replay: bool = False, say: Callable[[str], None] = print) -> TrialState:
+    """The state to start from: a fresh one, or the one a checkpoint folder holds (model,
+    optimizer, scheduler and RNG loaded into ``trial``); seeds each rank's own draws."""
+    state = TrialState()
+    rng_restored = False
+    epochs = trial.cfg.train.epochs
+    if resume_dir is not None:
+        saved = load_checkpoint(resume_dir)
+        trial.model.load_state_dict(saved["model"])
+        trial.optimizer.load_state_dict(saved["optimizer"])
+        trial.scheduler.load_state_dict(saved["scheduler"])
+        state.start_epoch = int(saved["epoch"]) + 1
+        state.global_step = int(saved["global_step"])
+        state.train_time_s = float(saved["train_time_s"])
+        state.compile_time_s = float(saved.get("compile_time_s", 0.0))
+        state.wall_before_s = float(saved["wall_time_s"])
+        state.metrics = dict(saved["metrics"])
+        state.history = [dict(m) for m in saved.get("history", [state.metrics])]
+        rngs = saved["rng"]
+        if len(rngs) == trial.world_size:
+            _set_rng_state(rngs[trial.rank], trial.device)
+            rng_restored = True
+        changed = _changed_keys(trial.cfg, saved["config"])
+        say(f"resuming from {resume_dir} after epoch {state.start_epoch - 1}"
+            + (f" (settings changed since: {', '.join(changed)})" if changed else ""))
+        if replay:
+            for past in state.history:
+                report(dict(past), None)
+        if state.start_epoch > epochs:
+            say(f"the checkpoint is already at epoch {state.start_epoch - 1} of {epochs}; "
+                "nothing left to train")
+            return state
+    if not rng_restored:
+        # Each rank draws its own stochastic-depth masks.
+        _seed_everything(_rank_seed(trial.cfg.train.seed + state.start_epoch - 1, trial.rank))
+    trial.sd.set_progress(state.global_step / trial.total_steps)
+    return state
 
-        # ---- evaluate
-        _broadcast_buffers(model, world_size)
-        val = evaluate(eval_model, val_loader, device=device, world_size=world_size,
-                       autocast=use_bf16)
-        metrics = {
-            "epoch": float(epoch),
-            "train_loss": loss_total / seen_total,
-            "train_acc": correct_total / seen_total,
-            "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"],
-            "train_time_s": train_time,
-            "wall_time_s": 0.0,
-            "images_per_s": seen_total / max(epoch_time, 1e-9),
-            "lr": float(lr),
-            "expected_depth": expected_depth(model),
-            # this rank's parameter fingerprint: equal on every rank unless DDP broke
-            "param_checksum": _param_checksum(model),
-        }
-        if epoch == t.epochs:
-            test = evaluate(eval_model, test_loader, device=device, world_size=world_size,
-                            autocast=use_bf16)
-            metrics.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
-        metrics["wall_time_s"] = wall_before + time.perf_counter() - t_start
-        bad_keys = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad_keys:
-            raise FloatingPointError(f"non-finite metrics at epoch {epoch}: "
-                                     + ", ".join(f"{k}={metrics[k]}" for k in bad_keys)
-                                     + "; the model diverged. Lower train.lr.")
-        history.append(dict(metrics))
 
-        # ---- checkpoint and report
-        rngs = [_rng_state(device)]
-        if world_size > 1:
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        say(progress_line(metrics, t.epochs))
-        if rank == 0:
-            ckpt_dir = tempfile.mkdtemp(prefix=f"sd_tune_ckpt_e{epoch}_")
-            try:
-                torch.save({
-                    "format": _CHECKPOINT_FORMAT,
-                    "epoch": epoch,
-                    "global_step": global_step,
-                    "total_steps": total_steps,
-                    "sd_progress": min(1.0, global_step / total_steps),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rngs,
-                    "world_size": world_size,
-                    "train_time_s": train_time,
-                    "wall_time_s": metrics["wall_time_s"],
-                    "metrics": metrics,
-                    "history": history,
-                    "config": cfg.to_dict(),
-                }, Path(ckpt_dir) / CHECKPOINT_FILE)
-                report(dict(metrics), ckpt_dir)
-            finally:
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
-        else:
-            report(dict(metrics), None)
+@dataclasses.dataclass
+class EpochTotals:
+    """One epoch of training, summed over ranks."""
+
+    loss: float
+    correct: float
+    seen: float
+    seconds: float  # training time, compilation excluded
+    compile_seconds: float
+    lr: float
+
+
+_NO_NAN = torch.iinfo(torch.int64).max
+
+
+def train_one_epoch(trial: Trial, state: TrialState, epoch: int) -> EpochTotals:
+    """Train ``epoch`` (1-based): one pass over this rank's shard, ``steps_per_epoch`` steps.
+
+    The loop never waits for the device but every ``train.nan_check_every`` steps and at the
+    end, where all ranks check together for a non-finite loss (see :func:`run_trial`).
+    """
+    t, device = trial.cfg.train, trial.device
+    every = max(1, t.nan_check_every)
+    trial.train_loader.set_epoch(epoch)
+    trial.model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), _NO_NAN, dtype=torch.int64, device=device)  # global step
+    bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+    seen = 0
+    lr = trial.optimizer.param_groups[0]["lr"]
+    forced = t.fail_at_epoch == epoch
+    compile_before = compile_seconds()
+    _sync(device)
+    t_epoch = time.perf_counter()
+    for step, (x, y) in enumerate(trial.train_loader, start=1):
+        if step > trial.steps_per_epoch:
+            break
+        trial.sd.set_progress(min(1.0, state.global_step / trial.total_steps))
+        lr = trial.optimizer.param_groups[0]["lr"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trial.bf16):
+            logits = trial.train_forward(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+        if forced:
+            loss = loss * float("nan")
+        state.global_step += 1
+        finite = torch.isfinite(loss.detach())
+        new_bad = ~finite & (first_bad == _NO_NAN)
+        first_bad = torch.where(new_bad, state.global_step, first_bad)
+        bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
+        trial.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trial.optimizer.step()
+        trial.scheduler.step()
+        n = len(y)
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(dim=1) == y).sum()
+        seen += n
+        if step % every == 0:
+            _check_finite(trial, first_bad, bad_loss)
+    _check_finite(trial, first_bad, bad_loss)
+    _sync(device)
+    elapsed = time.perf_counter() - t_epoch
+    compiled = compile_seconds() - compile_before
+    trial.sd.set_progress(min(1.0, state.global_step / trial.total_steps))
+    loss_total, correct_total, seen_total = _all_reduce([loss_sum, correct, float(seen)], device,
+                                                        trial.world_size)
+    return EpochTotals(loss=loss_total, correct=correct_total, seen=seen_total,
+                       seconds=max(elapsed - compiled, 0.0), compile_seconds=compiled,
+                       lr=float(lr))
+
+
+def _check_finite(trial: Trial, first_bad: Tensor, bad_loss: Tensor) -> None:
+    """Raise on every rank if any rank has seen a non-finite loss: one small collective and
+    the only read of the device in the training loop."""
+    first = first_bad.clone()
+    if trial.world_size > 1:
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    gs = int(first.item())
+    if gs == _NO_NAN:
+        return
+    t = trial.cfg.train
+    spe = trial.steps_per_epoch
+    epoch, step = (gs - 1) // spe + 1, (gs - 1) % spe + 1
+    lr = t.lr * lr_factor(gs - 1, trial.total_steps,
+                          min(trial.total_steps, round(t.warmup_epochs * spe)))
+    own = int(first_bad.item()) == gs
+    stopped_at = trial.scheduler.last_epoch  # optimizer steps taken so far
+    raise _nan_error(float(bad_loss.item()) if own else 0.0, epoch, step, spe, gs, lr,
+                     forced=t.fail_at_epoch == epoch, stopped_at=stopped_at)
+
+
+def epoch_metrics(trial: Trial, state: TrialState, epoch: int, totals: EpochTotals,
+                  t_start: float) -> dict[str, float]:
+    """Evaluate after ``epoch`` and build its report (see :func:`run_trial`); updates
+    ``state`` (times, history) and fails on non-finite metrics."""
+    cfg, device = trial.cfg, trial.device
+    state.train_time_s += totals.seconds
+    compile_before = compile_seconds()
+    _broadcast_buffers(trial.model, trial.world_size)
+    val = evaluate(trial.eval_model, trial.val_loader, device=device,
+                   world_size=trial.world_size, autocast=trial.bf16)
+    metrics = {
+        "epoch": float(epoch),
+        "train_loss": totals.loss / totals.seen,
+        "train_acc": totals.correct / totals.seen,
+        "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"],
+        "train_time_s": state.train_time_s,
+        "wall_time_s": 0.0,
+        "images_per_s": totals.seen / max(totals.seconds, 1e-9),
+        "lr": totals.lr,
+        "expected_depth": expected_depth(trial.model),
+        "compile_time_s": 0.0,
+        # this rank's parameter fingerprint: equal on every rank unless DDP broke
+        "param_checksum": _param_checksum(trial.model),
+    }
+    if epoch == cfg.train.epochs:
+        test = evaluate(trial.eval_model, trial.test_loader, device=device,
+                        world_size=trial.world_size, autocast=trial.bf16)
+        metrics.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
+    state.compile_time_s += totals.compile_seconds + compile_seconds() - compile_before
+    metrics["compile_time_s"] = state.compile_time_s
+    metrics["wall_time_s"] = state.wall_before_s + time.perf_counter() - t_start
+    bad_keys = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad_keys:
+        raise FloatingPointError(f"non-finite metrics at epoch {epoch}: "
+                                 + ", ".join(f"{k}={metrics[k]}" for k in bad_keys)
+                                 + "; the model diverged. Lower train.lr.")
+    state.history.append(dict(metrics))
+    state.metrics = metrics
     return metrics
+
+
+def save_and_report(trial: Trial, state: TrialState, metrics: dict[str, float],
+                    report: Report) -> None:
+    """Report ``metrics``; rank 0 with a checkpoint of everything :func:`restore` needs."""
+    rngs = [_rng_state(trial.device)]
+    if trial.world_size > 1:
+        gathered: list[Any] = [None] * trial.world_size
+        dist.all_gather_object(gathered, rngs[0])
+        rngs = gathered
+    if trial.rank != 0:
+        report(dict(metrics), None)
+        return
+    epoch = int(metrics["epoch"])
+    ckpt_dir = tempfile.mkdtemp(prefix=f"sd_tune_ckpt_e{epoch}_")
+    try:
+        torch.save({
+            "format": _CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "global_step": state.global_step,
+            "total_steps": trial.total_steps,
+            "sd_progress": min(1.0, state.global_step / trial.total_steps),
+            "model": trial.model.state_dict(),  # the plain model: no DDP or compile prefixes
+            "optimizer": trial.optimizer.state_dict(),
+            "scheduler": trial.scheduler.state_dict(),
+            "rng": rngs,
+            "world_size": trial.world_size,
+            "train_time_s": state.train_time_s,
+            "compile_time_s": state.compile_time_s,
+            "wall_time_s": metrics["wall_time_s"],
+            "metrics": metrics,
+            "history": state.history,
+            "config": trial.cfg.to_dict(),
+        }, Path(ckpt_dir) / CHECKPOINT_FILE)
+        report(dict(metrics), ckpt_dir)
+    finally:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def _param_checksum(model: nn.Module) -> float:

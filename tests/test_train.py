@@ -185,6 +185,54 @@ def test_forced_nan_stops_with_epoch_and_step(tmp_path: Path) -> None:
     assert [m["epoch"] for m in rec.metrics] == [1]
 
 
+@pytest.mark.parametrize("every", [1, 3, 50])
+def test_nan_is_named_at_its_step_and_stops_within_the_check_interval(tmp_path: Path,
+                                                                       every: int) -> None:
+    """The loop reads the device every ``nan_check_every`` steps: the error still names the
+    first non-finite step (epoch 2, step 1: global step 9 of 8-step epochs), training stops
+    within that many steps (or at the epoch's end), and the checkpoint reported last holds
+    finite weights."""
+    rec = Recorder(tmp_path)
+    with pytest.raises(FloatingPointError) as err:
+        run_trial(tiny_cfg(fail_at_epoch=2, nan_check_every=every), rec, log=lambda _: None)
+    message = str(err.value)
+    assert "at epoch 2, step 1 (of 8 in the epoch; global step 9," in message
+    stopped = int(message.split("seen at the check after global step ")[1].split(")")[0])
+    assert 9 <= stopped < 9 + min(every, 8), message
+    assert [m["epoch"] for m in rec.metrics] == [1]
+    weights = load_checkpoint(rec.dirs[-1])["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_compile_auto_is_eager_on_cpu(tmp_path: Path) -> None:
+    torch._dynamo.utils.counters.clear()
+    rec = Recorder(tmp_path)
+    out = run_trial(tiny_cfg(epochs=1), rec, log=lambda _: None, device="cpu")
+    assert TrialConfig().train.compile == "auto"
+    assert out["compile_time_s"] == 0.0
+    assert not torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+def test_compile_true_on_cpu_trains_reports_compile_time_and_resumes(tmp_path: Path) -> None:
+    """``train.compile: true`` compiles on the CPU too: compile time is reported apart from
+    training time, and the checkpoint (no compiled-module key prefixes) resumes."""
+    torch._dynamo.reset()
+    cfg = tiny_cfg(epochs=2, compile=True)
+    rec = Recorder(tmp_path / "a", stop_after=1)
+    with pytest.raises(Recorder.Stop):
+        run_trial(cfg, rec, log=lambda _: None)
+    first = rec.metrics[0]
+    assert first["compile_time_s"] > 0
+    assert first["wall_time_s"] > first["train_time_s"] + first["compile_time_s"]
+    keys = load_checkpoint(rec.dirs[0])["model"]
+    assert not any(k.startswith(("_orig_mod", "module.")) for k in keys)
+    resumed = Recorder(tmp_path / "b")
+    out = run_trial(cfg, resumed, resume_dir=rec.dirs[0], log=lambda _: None)
+    assert out["epoch"] == 2.0 and math.isfinite(out["val_loss"])
+    assert out["compile_time_s"] >= first["compile_time_s"]
+
+
 @pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
                                               ("block", "mask")])
 def test_every_method_trains(tmp_path: Path, method: str, impl: str) -> None:
