@@ -182,21 +182,85 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress(tune.Callback):
-    """One compact status line per finished trial: done/running/failed of the total, best
-    objectives so far, elapsed time and an estimate of the time left. Failed trials are listed
-    with their reason as they fail. Counts come from Tune's trial list, so they hold after a
-    resume too."""
+    """The terminal's view of a search. While trials run: one line per epoch report (trial,
+    epoch/epochs, val_acc, images/s, time left for the trial and for the search), at most one
+    every ``interval_s`` seconds so that a fast search does not flood the terminal (a trial's
+    first report always shows). When a trial ends: one status line, done/running/failed of the
+    total, best final objectives, elapsed time and time left; failed trials with their reason.
+    Counts come from Tune's trial list, so they hold after a resume too."""
 
-    def __init__(self, spec: SpaceFile, emit: Callable[[str], None] = print) -> None:
+    def __init__(self, spec: SpaceFile, emit: Callable[[str], None] = print,
+                 interval_s: float = 10.0) -> None:
         self.spec = spec
         self.emit = emit
+        self.interval_s = interval_s
         self.start = time.monotonic()
         self.best: dict[str, float] = {}
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
+        self.last_line = -math.inf
+        self.shown: set[str] = set()  # trials with a progress line already
+        self.epochs = int(base_config(spec)["train"]["epochs"])
+        self.latest: dict[str, dict[str, float]] = {}  # trial id -> its last epoch report
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A callback pickled by an older sd-tune (a resumed experiment) lacks newer fields."""
+        self.__dict__.update(state)
+        for name, value in (("interval_s", 10.0), ("last_line", -math.inf), ("shown", set()),
+                            ("latest", {}), ("epochs", 0)):
+            self.__dict__.setdefault(name, value)
+        if not self.epochs:
+            self.epochs = int(base_config(self.spec)["train"]["epochs"])
 
     def setup(self, **info: Any) -> None:
         self.start = time.monotonic()
+
+    def _trial_epochs(self, result: dict[str, Any]) -> int:
+        searched = (result.get("config") or {}).get("train.epochs")
+        return int(searched) if isinstance(searched, (int, float)) else self.epochs
+
+    def _left(self, report: dict[str, float]) -> float:
+        """Seconds a trial still needs at its pace so far (ASHA may stop it sooner)."""
+        per_epoch = report["wall_time_s"] / max(report["epoch"], 1.0)
+        return per_epoch * max(report["epochs"] - report["epoch"], 0.0)
+
+    def _search_left(self, trials: list[Any]) -> float:
+        """Seconds the search still needs: what running trials have left, plus the trials not
+        started yet at the mean length of a trial so far (start-up included), spread over the
+        trials running at once."""
+        reports = list(self.latest.values())
+        if not reports:
+            return math.nan
+        full = [r["full_s"] for r in reports] + self.durations
+        mean_full = sum(full) / len(full)
+        running = [t for t in trials if t.status == "RUNNING"]
+        left = sum(self._left(self.latest[t.trial_id]) for t in running
+                   if t.trial_id in self.latest)
+        ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        waiting = max(self.spec.search.num_samples - ended - len(running), 0)
+        return (left + waiting * mean_full) / max(1, len(running))
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                        result: dict[str, Any], **info: Any) -> None:
+        if not all(isinstance(result.get(k), (int, float))
+                   for k in ("epoch", "wall_time_s", "val_acc", "images_per_s")):
+            return
+        now = time.monotonic()
+        report = {"epoch": float(result["epoch"]), "epochs": float(self._trial_epochs(result)),
+                  "wall_time_s": float(result["wall_time_s"])}
+        since = now - self.started.get(trial.trial_id, now)  # start-up included
+        report["full_s"] = max(since, report["wall_time_s"]) + self._left(report)
+        self.latest[trial.trial_id] = report
+        if now - self.last_line < self.interval_s and trial.trial_id in self.shown:
+            return
+        self.last_line = now
+        self.shown.add(trial.trial_id)
+        search = self._search_left(trials)
+        search_text = f", search ~{_fmt_duration(search)} left" if math.isfinite(search) else ""
+        self.emit(f"{_fmt_duration(now - self.start)} trial {trial.trial_id} epoch "
+                  f"{int(report['epoch'])}/{int(report['epochs'])} val_acc "
+                  f"{result['val_acc']:.4f} | {result['images_per_s']:.0f} img/s | trial "
+                  f"~{_fmt_duration(self._left(report))} left{search_text}")
 
     def _status(self, trials: list[Any], ending: Any = None, failed_now: bool = False) -> None:
         # Tune calls on_trial_complete/on_trial_error before it updates the trial's status.
@@ -232,6 +296,7 @@ class Progress(tune.Callback):
                 self.best[o.metric] = float(value)
 
     def _finish(self, trial: Any) -> None:
+        self.latest.pop(trial.trial_id, None)
         begun = self.started.pop(trial.trial_id, None)
         if begun is not None:
             self.durations.append(time.monotonic() - begun)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,13 @@ def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
     exp = tmp_path / "smoke"
     assert "Pareto front" in out and f"tensorboard --logdir {exp}" in out
     assert "trials: 3 done, 0 running, 0 failed of 3" in out
+    # While the first trial runs, its epoch reports show before any trial has ended.
+    lines = out.splitlines()
+    first_end = next(i for i, line in enumerate(lines) if "trials: 1 done" in line)
+    progress = [i for i, line in enumerate(lines)
+                if re.search(r"trial \w+ epoch 1/2 val_acc 0\.\d{4} \| \d+ img/s \| trial "
+                             r"~\d:\d\d:\d\d left", line)]
+    assert progress and progress[0] < first_end, out
     records = json.loads((exp / "trials.json").read_text())
     records = records["trials"] if isinstance(records, dict) else records
     assert len(records) == 3 and {r["status"] for r in records} == {"completed"}
