@@ -311,6 +311,12 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
         elif r.gpus_per_worker > 0 and not r.use_gpu:
             problems.append(("resources.gpus_per_worker", "is > 0 but use_gpu is false; set "
                                                           "use_gpu: true or gpus_per_worker: 0"))
+        elif r.gpus_per_worker > 1 and r.gpus_per_worker != int(r.gpus_per_worker):
+            problems.append(("resources.gpus_per_worker", f"a fraction must be at most 1 (Ray "
+                                                          f"shares one GPU, e.g. 0.25: four "
+                                                          f"workers on one GPU); above 1 it "
+                                                          f"must be whole, but got "
+                                                          f"{r.gpus_per_worker}"))
 
 
 def trial_from_dict(data: dict[str, Any], problems: list[tuple[str, str]]) -> TrialConfig:

@@ -278,6 +278,7 @@ class StochasticDepth:
         self.sample_impl = sample_impl
         self.model: nn.Module | None = None
         self._blocks: list[StochasticBlock] = []
+        self._at_full = False  # every block at its full rate (warmup over)
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -298,10 +299,14 @@ class StochasticDepth:
     def set_progress(self, fraction: float) -> None:
         """Set every block's rate for ``fraction`` of training done (the warmup rule).
 
-        Cheap once warmup is over: a rate that does not change touches nothing."""
+        Cheap once warmup is over (a training loop calls it every step): then the rates are
+        at their full values and nothing is touched."""
         if self.model is None:
             raise RuntimeError("call `StochasticDepth.apply(model)` before `set_progress`")
-        _set_progress(self._blocks, fraction, self.drop_warmup)
+        full = warmup_rate(1.0, fraction, self.drop_warmup) == 1.0  # also checks `fraction`
+        if not (full and self._at_full):
+            _set_progress(self._blocks, fraction, self.drop_warmup)
+            self._at_full = full
 
     def __repr__(self) -> str:
         return (f"StochasticDepth(target_layer_name={self.target_layer_name!r}, "

@@ -190,3 +190,24 @@ def test_shared_storage_problem_names_the_nodes_that_miss_it() -> None:
     assert msg.startswith("--storage /tmp/r is not shared: 2 of 3 nodes")
     assert "10.0.0.2 (bbbbbbbb)" in msg and "10.0.0.3 (cccccccc, no answer)" in msg
     assert "s3://" in msg and "10.0.0.1" not in msg
+
+
+def test_fractional_gpus_share_a_gpu_in_the_arithmetic() -> None:
+    """0.25 GPU per worker: four workers share one GPU; the checks count fractions."""
+    from sd_tune.ray_train import resource_problem, worker_resources, worker_slots
+
+    quarter = trial(resources__use_gpu=True, resources__gpus_per_worker=0.25,
+                    resources__num_workers=1, resources__cpus_per_worker=2)
+    assert worker_resources(quarter) == {"CPU": 2.0, "GPU": 0.25}
+    assert worker_slots(quarter, [{"CPU": 16.0, "GPU": 1.0}]) == 4
+    assert worker_slots(quarter, [{"CPU": 6.0, "GPU": 1.0}]) == 3  # CPUs bound it
+    assert worker_slots(quarter, [{"CPU": 64.0, "GPU": 8.0}]) == 32
+    assert resource_problem(quarter, [{"CPU": 16.0, "GPU": 0.25}]) is None
+    msg = resource_problem(quarter, [{"CPU": 16.0, "GPU": 0.2}])
+    assert msg is not None and "needs 1 workers x 0.25 GPU = 0.25 GPUs" in msg
+    two = trial(resources__use_gpu=True, resources__gpus_per_worker=0.5,
+                resources__num_workers=2, resources__cpus_per_worker=1)
+    # two half-GPU workers fit one GPU, and two 0.4-GPU leftovers on two nodes do not
+    assert resource_problem(two, [{"CPU": 4.0, "GPU": 1.0}]) is None
+    msg = resource_problem(two, [{"CPU": 4.0, "GPU": 0.6}, {"CPU": 4.0, "GPU": 0.4}])
+    assert msg is not None and "hold only 1 such workers" in msg

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,32 @@ def test_launch_report_resume_on_s3(s3_server: str) -> None:
         again = cli(command, exp)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "smoke: 2 trials (2 completed)" in again.stdout
+
+
+def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
+    """As far as Ray goes without CUDA: on a Ray that declares 1 logical GPU, the concurrency
+    sd-tune computes for 0.25-GPU single-worker trials is 4, and Ray runs 4 tasks holding the
+    workers' resources (sd_tune.ray_train.worker_resources) at the same time."""
+    script = textwrap.dedent("""
+        import time, ray
+        from sd_tune.config import space_from_dict
+        from sd_tune import ray_train, search
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+        spec = space_from_dict({"resources": {"num_workers": 1, "use_gpu": True,
+                                              "gpus_per_worker": 0.25, "cpus_per_worker": 0.5},
+                                "search": {"num_samples": 8}})
+        print("concurrency", search.concurrency(spec, ray_train.node_resources()))
+        res = ray_train.worker_resources(spec.trial)
+        @ray.remote(num_cpus=res["CPU"], num_gpus=res["GPU"])
+        def hold():
+            start = time.time(); time.sleep(3); return start, time.time()
+        spans = ray.get([hold.remote() for _ in range(4)])
+        overlap = min(e for _, e in spans) - max(s for s, _ in spans)
+        print("overlap", round(overlap, 2))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "concurrency 4" in proc.stdout, proc.stdout
+    overlap = float(proc.stdout.split("overlap")[1])
+    assert overlap > 1.0, proc.stdout  # all four held their quarter GPU at once
