@@ -213,6 +213,26 @@ def floor_cases(base: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return cases
 
 
+def profile_cases(cases: list[Case], path: Path) -> None:
+    """Where each configuration's time goes: torch.profiler over 3 steps, top 25 operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    sort = "self_cpu_time_total"
+    if cases[0].device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        sort = "self_cuda_time_total"
+    parts = []
+    for case in cases:
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                case.step()
+        parts.append(f"=== {case.name}\n{prof.key_averages().table(sort_by=sort, row_limit=25)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    print(f"  profile: {path}", flush=True)
+
+
 def bench_model(name: str, configs: list[str], args: argparse.Namespace, compiled: bool,
                 floor: bool) -> dict[str, Any]:
     arch, size, batch, channels = MODELS[name]
@@ -233,6 +253,9 @@ def bench_model(name: str, configs: list[str], args: argparse.Namespace, compile
         for case in cases:
             case.round(args.steps_per_round, measured=r >= args.warmup)
         print(f"  {tag}: round {r + 1}/{args.warmup + args.rounds}", flush=True)
+    if args.profile:
+        profile_cases([c for c in cases if not c.name.startswith("drop_block_")],
+                      args.out.with_suffix(f".{name}{'.compiled' if compiled else ''}.profile.txt"))
     plain_case = next(c for c in cases if c.name == "plain")
     plain, plain_mean = statistics.median(plain_case.times), trimmed_mean(plain_case.times)
     result: dict[str, Any] = {"arch": arch, "image_size": size, "batch_size": batch,
@@ -282,6 +305,10 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", default=None)
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile every model (the gpu preset runs eager and compiled)")
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 3 steps of each configuration (torch.profiler) and "
+                             "write the top operators next to --out")
     parser.add_argument("--floor", action="store_true",
                         help="also time each block dropped alone: what `block` could reach")
     parser.add_argument("--rounds", type=int, help="measured rounds")
@@ -299,6 +326,8 @@ def main() -> None:
             settings[key] = getattr(args, key)
     if args.compile is not None:
         settings["compile"] = [True]
+    if args.no_compile:
+        settings["compile"] = [False]
     for key in ("device", "bf16", "channels_last", "rounds", "steps_per_round"):
         setattr(args, key, settings[key])
     if args.device == "cuda" and not torch.cuda.is_available():
