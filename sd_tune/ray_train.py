@@ -111,6 +111,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     _quiet_train_reports()
     trial = config_to_trial(config)
+    if gpus_per_worker(trial) > 0:
+        # Before anything touches CUDA: a driver too old for this torch build is one message.
+        from sd_tune.gpu import check_cuda_driver
+
+        check_cuda_driver(f"node {ray.util.get_node_ip_address()}")
     rank = ray.train.get_context().get_world_rank()
     if not trial.resources.use_gpu:
         # A worker process may have imported torch before Ray set OMP_NUM_THREADS for it: size
@@ -276,7 +281,12 @@ def worker_slots(trial: TrialConfig, nodes: Sequence[dict[str, float]]) -> int:
                for node in nodes)
 
 
-def _node_list(nodes: Sequence[dict[str, float]]) -> str:
+def node_list(nodes: Sequence[dict[str, float]]) -> str:
+    """Nodes' CPUs and GPUs, for messages.
+
+    >>> node_list([{"CPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}])
+    '8 CPU, 96 CPU + 8 GPU'
+    """
     parts = [f"{n.get('CPU', 0.0):g} CPU" + (f" + {n['GPU']:g} GPU" if n.get("GPU") else "")
              for n in nodes]
     return ", ".join(parts) or "none"
@@ -307,7 +317,7 @@ def resource_problem(trial: TrialConfig,
     if slots < r.num_workers:
         worker = " + ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
         return (f"the trial needs {r.num_workers} workers of {worker} each, and a worker "
-                f"must fit on one node, but the cluster's nodes ({_node_list(nodes)}) hold "
+                f"must fit on one node, but the cluster's nodes ({node_list(nodes)}) hold "
                 f"only {slots} such workers; lower resources.cpus_per_worker or "
                 f"gpus_per_worker, or use larger nodes")
     return None
