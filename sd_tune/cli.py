@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -100,20 +101,45 @@ def _preflight_data(trial) -> None:
         raise UsageError(str(err)) from err
 
 
-def _start_ray(address: str | None, trial, storage: str | None = None) -> None:
-    """Start or join Ray; refuse a trial whose workers the cluster can never hold, and a
-    ``storage`` that not every node of the cluster sees."""
-    from sd_tune import ray_train
+def _start_ray(address: str | None, trial, storage: str | None = None, *, trials: int = 1,
+               wait_s: float | None = None) -> int | None:
+    """Start or join Ray; refuse a trial whose workers the cluster can never hold (counting
+    the nodes its autoscaler may add), wait for the nodes the autoscaler is to add when none
+    up can hold a trial, check the GPU nodes' driver, and refuse a ``storage`` that not
+    every node sees. Returns the trials to run at once when the autoscaler's nodes count
+    (None: count the nodes up)."""
+    from sd_tune import autoscale, ray_train
 
     try:
         ray_train.init_ray(address)
     except ConnectionError as err:
         raise UsageError(str(err)) from err
-    problem = ray_train.resource_problem(trial)
+    nodes = ray_train.node_resources()
+    problem = ray_train.resource_problem(trial, nodes)
+    scaler = autoscale.find_autoscaler() if address or os.environ.get("RAY_ADDRESS") else None
+    slots = None
+    if scaler is not None:
+        if scaler.node_types is None:
+            plan = autoscale.blind_plan(trial, nodes, trials) if problem else None
+        else:
+            plan = autoscale.scale_plan(trial, nodes, scaler, trials)
+            if plan.problem:
+                raise UsageError(plan.problem)
+        if plan is not None:
+            if plan.add or plan.wait:
+                print(plan.message, flush=True)
+            slots = plan.concurrent
+            if plan.wait:
+                limit = autoscale.DEFAULT_WAIT_S if wait_s is None else wait_s
+                print(f"waiting up to {limit:.0f} s for them (--wait-for-nodes)", flush=True)
+                problem = autoscale.wait_for_nodes(trial, plan, limit)
+    if problem is None and ray_train.gpus_per_worker(trial) > 0:
+        problem = autoscale.gpu_driver_problem()
     if problem is None and storage is not None:
         problem = ray_train.storage_problem(storage)
     if problem:
         raise UsageError(problem)
+    return slots
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -125,7 +151,7 @@ def _train(args: argparse.Namespace) -> int:
 
     storage = args.storage or space.storage
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _start_ray(args.address, trial, storage)
+    _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
     epochs = trial.train.epochs
     print(f"training {trial.model.arch} on {trial.dataset.name}: "
           f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
@@ -224,8 +250,12 @@ def _launch(args: argparse.Namespace) -> int:
         raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue it "
                          f"with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new one "
                          "with --name NEW")
-    _start_ray(args.address, spec.trial, storage)
-    search.run_search(spec, raw, storage, max_failures=args.max_failures)
+    from sd_tune.autoscale import expected_trials
+
+    slots = _start_ray(args.address, spec.trial, storage, wait_s=args.wait_for_nodes,
+                       trials=expected_trials(spec.search.num_samples,
+                                              spec.search.max_concurrent_trials))
+    search.run_search(spec, raw, storage, max_failures=args.max_failures, slots=slots)
     return _report_experiment(exp_dir)
 
 
@@ -246,7 +276,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     exp_dir = _experiment_dir(args.dir)
     spec, _ = search.load_spec(exp_dir)
-    _start_ray(args.address, spec.trial, store.parent(exp_dir))
+    _start_ray(args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes)
     search.resume_search(exp_dir, spec, max_failures=args.max_failures)
     return _report_experiment(exp_dir)
 
@@ -277,6 +307,9 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
                                      "default $RAY_ADDRESS, else a local Ray")
     p.add_argument("--max-failures", type=int, default=1,
                    help="worker-group restarts of a trial from its last checkpoint (default 1)")
+    p.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
+                   help="when no node of the cluster can hold a trial but its autoscaler can "
+                        "add one, how long to wait for it before giving up (default 1800)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -364,12 +364,18 @@ def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune
 
 
 def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
-               emit: Callable[[str], None] = print, max_failures: int = 1) -> str:
-    """Run the whole experiment (Ray must be initialised); return its location."""
+               emit: Callable[[str], None] = print, max_failures: int = 1,
+               slots: int | None = None) -> str:
+    """Run the whole experiment (Ray must be initialised); return its location. ``slots``:
+    the trials at once when the autoscaler is to add nodes (``sd_tune.autoscale.scale_plan``);
+    by default they are counted on the nodes up now."""
     root = store.root(storage)
     exp_dir = experiment_dir(storage, spec.name)
     save_spec(spec, exp_dir, raw)
-    slots = concurrency(spec, ray_train.node_resources())
+    if slots is None:
+        slots = concurrency(spec, ray_train.node_resources())
+    else:
+        slots = min(slots, spec.search.num_samples)
     emit(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
          f"results in {exp_dir}")
     tuner = tune.Tuner(
