@@ -2,13 +2,14 @@
 
 Small datasets live in memory as uint8 ``N x C x H x W`` tensors and are batched, augmented
 and normalised directly on the target device (:class:`InMemoryLoader`). ImageNet is decoded
-in DataLoader workers (:class:`TorchLoader`). Both yield ``(x, y)`` on the device, x float32
+on a CUDA device (``sd_tune.jpeg``: nvJPEG, batched) and with PIL in DataLoader workers on a
+CPU (:class:`TorchLoader`). Both yield ``(x, y)`` on the device, x float32
 and normalised, y int64, and shard every epoch across DDP ranks.
 
 Splits: the validation split is held out of the training set (stratified by class, seeded,
 a pure function of the labels and ``split_seed``); the test split is the real test set.
 
-This module uses only torch, torchvision and numpy.
+This module uses only torch, torchvision, PIL and numpy.
 """
 
 from __future__ import annotations
@@ -929,15 +930,23 @@ def make_loaders(
     eval_batch_size: int | None = None,
     crop_padding: int | None = None,
     flip: bool | None = None,
+    decode: str = "auto",
 ) -> tuple[Loader, Loader, Loader]:
     """(train, val, test) loaders for this rank; ``batch_size`` is per rank.
 
     In-memory splits get :class:`InMemoryLoader` (``crop_padding`` / ``flip`` default to the
     dataset's: 4 / flip for CIFAR, 2 / flip for Fashion-MNIST, H/8 / no flip for synthetic;
-    ``augment=False`` turns both off). Dataset splits get :class:`TorchLoader` with
-    ``num_workers`` workers; their augmentation is their transform. Eval shards are uneven in
-    length across ranks: sum metrics per rank and all-reduce the sums.
+    ``augment=False`` turns both off). ImageFolder splits (ImageNet) are decoded where
+    ``decode`` says: ``"device"`` gets :class:`sd_tune.jpeg.DeviceDecodeLoader` (the loader
+    processes read bytes, the batch is decoded and augmented on ``device``: nvJPEG on a GPU),
+    ``"pil"`` gets :class:`TorchLoader` (PIL decoding and the split's transform in
+    ``num_workers`` processes), ``"auto"`` (default) the first on a CUDA device and the second
+    on a CPU. Eval shards are uneven in length across ranks: sum metrics per rank and
+    all-reduce the sums.
     """
+    from sd_tune.jpeg import DeviceDecodeLoader, pick_decoder
+
+    decoder = pick_decoder(decode, torch.device(device))
     _check_loader_args(batch_size, rank, world_size)
     eval_bs = batch_size if eval_batch_size is None else eval_batch_size
     _check_loader_args(eval_bs, rank, world_size)
@@ -959,6 +968,21 @@ def make_loaders(
                 seed=seed,
                 crop_padding=pad if train else 0,
                 flip=do_flip if train else False,
+                channels_last=channels_last,
+            )
+        elif decoder == "device" and isinstance(split, ImageFolderSubset):
+            loader = DeviceDecodeLoader(
+                split.samples,
+                batch_size=bs,
+                train=train,
+                image_size=splits.info.image_size,
+                mean=splits.info.mean,
+                std=splits.info.std,
+                device=device,
+                rank=rank,
+                world_size=world_size,
+                seed=seed,
+                num_workers=num_workers,
                 channels_last=channels_last,
             )
         else:
