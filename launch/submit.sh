@@ -99,8 +99,8 @@ ENV_PREFIX="RAY_ADDRESS=$RAY_ADDRESS"
 cat <<EOF
 
 job id: $JOB_ID
-follow:  $ENV_PREFIX ray job logs -f $JOB_ID
-status:  $ENV_PREFIX ray job status $JOB_ID
-stop:    $ENV_PREFIX ray job stop $JOB_ID
+follow:  $ENV_PREFIX $RAY_CLI job logs -f $JOB_ID
+status:  $ENV_PREFIX $RAY_CLI job status $JOB_ID
+stop:    $ENV_PREFIX $RAY_CLI job stop $JOB_ID
 results: $STORAGE/<experiment name>   (tensorboard --logdir there)
 EOF

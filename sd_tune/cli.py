@@ -142,6 +142,12 @@ def _start_ray(address: str | None, trial, storage: str | None = None, *, trials
     return slots
 
 
+def _storage(args: argparse.Namespace, space: Any) -> str:
+    """--storage, else $SD_TUNE_STORAGE (the launcher configs and the RayJob set it to the
+    cluster's bucket), else the space file's."""
+    return args.storage or os.environ.get("SD_TUNE_STORAGE") or space.storage
+
+
 def _train(args: argparse.Namespace) -> int:
     space, _ = _load(args)
     trial = space.trial
@@ -149,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
     from sd_tune import ray_train
     from sd_tune.train import progress_line
 
-    storage = args.storage or space.storage
+    storage = _storage(args, space)
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
     epochs = trial.train.epochs
@@ -244,7 +250,7 @@ def _launch(args: argparse.Namespace) -> int:
     _preflight_data(spec.trial)
     from sd_tune import search
 
-    storage = args.storage or spec.storage
+    storage = _storage(args, spec)
     exp_dir = search.experiment_dir(storage, spec.name)
     if _exists(store.join(exp_dir, search.SPEC_FILE)):
         raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue it "
@@ -294,7 +300,8 @@ def _space_args(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
                         "--set search.num_samples=4 (repeatable)")
     if storage:
         p.add_argument("--storage", help="results root: a path or s3:// / gs:// URI "
-                                         "(default: the file's storage, usually results/)")
+                                         "(default: $SD_TUNE_STORAGE, else the file's "
+                                         "storage, usually results/)")
 
 
 def _experiment_arg(p: argparse.ArgumentParser) -> None:

@@ -307,3 +307,18 @@ def test_wrong_token_fails_with_what_to_check(cluster: Cluster, tmp_path: Path) 
     error = [ln for ln in out.stderr.splitlines() if ln.startswith("sd-tune launch: error:")]
     assert error and f"cannot connect to the Ray cluster at {cluster.gcs}" in error[0]
     assert "RAY_AUTH_TOKEN" in error[0] and "Traceback" not in out.stderr
+
+
+def test_job_driver_has_the_runtime_env_vars(cluster: Cluster) -> None:
+    """launch/kuberay-rayjob.yaml gives the bucket as the runtime environment's
+    SD_TUNE_STORAGE and no --storage (sd-tune reads the variable, tests/test_cli.py): the
+    job's driver process has the variable."""
+    job_id = "sdt-env-vars"
+    submitted = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard,
+                        "--submission-id", job_id, "--no-wait", "--runtime-env-json",
+                        json.dumps({"env_vars": {"SD_TUNE_STORAGE": "gs://bucket/prefix"}}),
+                        "--", "python", "-c",
+                        "import os; print('storage=' + os.environ['SD_TUNE_STORAGE'])")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert wait_for(cluster, job_id, timeout=180) == "SUCCEEDED"
+    assert "storage=gs://bucket/prefix" in job_logs(cluster, job_id)

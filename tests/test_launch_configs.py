@@ -1,6 +1,7 @@
 """launch/: the cluster-launcher configs pass Ray's own validation, the KubeRay RayJob has what
-KubeRay requires, and submit.sh / ray_submit_entry.py build the right commands. No cloud, no
-cluster and no Ray instance are started."""
+KubeRay requires, and submit.sh / ray_submit_entry.py build the right commands; the defects a
+schema check cannot see (IAM, driver, memory, volume access mode, data mount, the image) are
+checked against what the files say. No cloud, no cluster and no Ray instance are started."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def test_cluster_config_nodes(name):
     for key, t in gpu_types.items():
         assert 0 <= t["min_workers"] <= t["max_workers"] <= config["max_workers"], key
         assert t["max_workers"] > 0, key
+        assert t["min_workers"] == 0, key  # sd-tune waits for the autoscaler's nodes
         # one node holds a whole ImageNet trial: 8 workers x 1 GPU x 8 CPUs
         assert t["resources"]["GPU"] >= r["num_workers"] * r.get("gpus_per_worker", 1), key
         assert t["resources"]["CPU"] >= r["num_workers"] * r["cpus_per_worker"], key
@@ -79,7 +81,8 @@ def test_cluster_config_installs_sd_tune_from_the_mounted_repo(name):
     repo = [remote for remote, local in mounts.items() if local in (".", "./")]
     assert repo == ["~/sd-tune"]
     setup = config["setup_commands"]
-    assert not any("apt-get" in c for c in _commands(config))
+    # no apt-get but for the NFS client of the data mount (uv brings Python)
+    assert all("install -y -q nfs-common" in c for c in _commands(config) if "apt-get" in c)
     install = [i for i, c in enumerate(setup) if "pip install" in c and "-e ~/sd-tune" in c]
     torch = [i for i, c in enumerate(setup) if "pip install" in c and "torch==" in c]
     assert install and torch and torch[0] < install[0]
@@ -110,11 +113,14 @@ def test_kuberay_rayjob():
     entry = spec["entrypoint"].split()
     assert entry[:2] == ["sd-tune", "launch"]
     assert entry[entry.index("--space") + 1] == "search_spaces/imagenet.yaml"
-    assert re.match(r"(s3|gs)://\S+", entry[entry.index("--storage") + 1])
+    # the bucket comes from the runtime environment (s3:// on EKS, gs:// on GKE), which the
+    # job's driver gets and sd-tune reads when --storage is not given
+    assert "--storage" not in entry and "$" not in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(spec["ttlSecondsAfterFinished"], int)
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert isinstance(runtime_env, dict) and runtime_env["working_dir"]
+    assert re.match(r"(s3|gs)://\S+", runtime_env["env_vars"]["SD_TUNE_STORAGE"])
     cluster = spec["rayClusterSpec"]
     assert cluster["authOptions"]["mode"] == "token"
     head = cluster["headGroupSpec"]
@@ -131,6 +137,145 @@ def test_kuberay_rayjob():
         container = g["template"]["spec"]["containers"][0]
         assert container["image"]
         assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 8
+
+
+# What a schema check cannot see ----------------------------------------------------------------
+
+def _statement(policy: dict, action: str) -> dict:
+    found = [st for st in policy["Statement"] if action in (
+        st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+    assert len(found) == 1, action
+    return found[0]
+
+
+def test_aws_iam_lets_the_head_start_workers_with_their_profile():
+    """Ray's default head role (AmazonEC2FullAccess + AmazonS3FullAccess) has no iam:PassRole,
+    so RunInstances with a worker profile is refused: the config names its own profiles, and
+    launch/aws-iam/ holds their policies."""
+    config = _prepared("aws-gpu.yaml")
+    types_ = config["available_node_types"]
+    head = types_[config["head_node_type"]]["node_config"]
+    worker = types_["gpu_8x_a100"]["node_config"]
+    assert head["IamInstanceProfile"] == {"Name": "sd-tune-head"}
+    assert worker["IamInstanceProfile"] == {"Name": "sd-tune-worker"}
+    iam = LAUNCH / "aws-iam"
+    trust = json.loads((iam / "ec2-trust-policy.json").read_text())
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    head_policy = json.loads((iam / "head-policy.json").read_text())
+    worker_policy = json.loads((iam / "worker-policy.json").read_text())
+    assert _statement(head_policy, "iam:PassRole")["Resource"] == \
+        "arn:aws:iam::*:role/sd-tune-worker"
+    # EC2 resolves resolve:ssm: ImageIds with the caller's rights: the head's, for workers
+    ssm = _statement(head_policy, "ssm:GetParameters")["Resource"]
+    assert worker["ImageId"].startswith("resolve:ssm:/aws/service/deeplearning/")
+    assert re.fullmatch(ssm.replace("*", ".*"), "arn:aws:ssm:us-west-2::parameter"
+                        + worker["ImageId"].removeprefix("resolve:ssm:"))
+    bucket = re.search(r"SD_TUNE_STORAGE=s3://([^/\s']+)",
+                       " ".join(config["setup_commands"])).group(1)
+    for policy in (head_policy, worker_policy):  # both write results and checkpoints
+        assert _statement(policy, "s3:PutObject")["Resource"] == f"arn:aws:s3:::{bucket}/*"
+        assert _statement(policy, "s3:ListBucket")["Resource"] == f"arn:aws:s3:::{bucket}"
+    assert "iam:PassRole" not in json.dumps(worker_policy)
+
+
+def test_aws_ami_is_resolved_by_ec2_and_ray_keeps_it():
+    from ray.autoscaler._private.aws.config import _check_ami
+
+    config = _prepared("aws-gpu.yaml")
+    ids = {k: t["node_config"]["ImageId"] for k, t in config["available_node_types"].items()}
+    assert len(set(ids.values())) == 1
+    assert next(iter(ids.values())) == ("resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+                                        "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
+    checked = copy.deepcopy(config)
+    _check_ami(checked)  # Ray's own check: keeps an ImageId it does not know
+    assert {k: t["node_config"]["ImageId"]
+            for k, t in checked["available_node_types"].items()} == ids
+
+
+def test_gcp_image_has_a_driver_for_torchs_cuda():
+    from sd_tune.gpu import MIN_LINUX_DRIVER
+
+    config = _prepared("gcp-gpu.yaml")
+    disk = config["available_node_types"]["gpu_8x_a100"]["node_config"]["disks"][0]
+    family = disk["initializeParams"]["sourceImage"].rsplit("/", 1)[1]
+    driver = int(re.search(r"nvidia-(\d+)$", family).group(1))
+    torch_cuda_major = 13  # torch 2.14.1's Linux wheel (scripts/setup.sh pins it)
+    assert driver >= int(MIN_LINUX_DRIVER[torch_cuda_major]), family
+    assert "torch==2.14.1" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+@pytest.mark.parametrize(("name", "placeholder", "value"), [
+    ("aws-gpu.yaml", "EFS=fs-XXXXXXXX", "EFS=fs-0123abcd"),
+    ("gcp-gpu.yaml", "NFS=FILESTORE_IP:/imagenet", "NFS=10.0.0.2:/imagenet"),
+])
+def test_data_mount_is_on_and_refuses_its_placeholder(name, placeholder, value, tmp_path):
+    """The mount command runs (with sudo and mountpoint replaced by stand-ins): it stops
+    with a message while the placeholder is there, and mounts at imagenet.yaml's root."""
+    config = _load(name)
+    mounts = [c for c in config["setup_commands"] if "mount -t nfs" in c]
+    assert len(mounts) == 1 and placeholder in mounts[0]
+    root = IMAGENET["dataset"]["root"]
+    stubs = "sudo() { echo \"sudo $*\"; }; mountpoint() { return 1; }; "
+    done = subprocess.run(["bash", "-c", stubs + mounts[0]], capture_output=True, text=True)
+    assert done.returncode == 1 and f"launch/{name}: put your" in done.stderr
+    done = subprocess.run(["bash", "-c", stubs + mounts[0].replace(placeholder, value)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    mount = done.stdout.splitlines()[-1].split()
+    assert mount[:3] == ["sudo", "mount", "-t"] and mount[-1] == root
+    assert value.split("=", 1)[1].split(":")[0] in mount[-2]
+
+
+# Allocatable memory (GiB) of the machines the RayJob's comments name: the machine's memory
+# less GKE's reservation (a2/a3) or EKS's kube-reserved (p4d/p5), rounded down.
+ALLOCATABLE_GIB = {"a2-highgpu-8g": 614, "a3-highgpu-8g": 1700, "p4d.24xlarge": 1100,
+                   "p5.48xlarge": 1950}
+
+
+def _gib(quantity: str) -> float:
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "Ti": 1024.0}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_kuberay_pods_fit_the_machines_and_share_the_volume():
+    job = _load("kuberay-rayjob.yaml")
+    text = (LAUNCH / "kuberay-rayjob.yaml").read_text()
+    cluster = job["spec"]["rayClusterSpec"]
+    for machine in ALLOCATABLE_GIB:
+        assert machine in text, machine
+    for g in cluster["workerGroupSpecs"]:
+        pod = g["template"]["spec"]
+        res = pod["containers"][0]["resources"]
+        memory = _gib(res["requests"]["memory"])
+        assert memory == _gib(res["limits"]["memory"])
+        # the memory-backed /dev/shm counts against the limit too
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+        assert _gib(shm) < memory <= min(ALLOCATABLE_GIB.values()) - 10
+    claims = {v["persistentVolumeClaim"]["claimName"]
+              for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+              for v in spec["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    pvc = yaml.safe_load((LAUNCH / "kuberay-imagenet-pvc.yaml").read_text())
+    assert pvc["kind"] == "PersistentVolumeClaim" and claims == {pvc["metadata"]["name"]}
+    assert set(pvc["spec"]["accessModes"]) <= {"ReadWriteMany", "ReadOnlyMany"}
+    assert pvc["spec"]["storageClassName"]
+
+
+def test_dockerfile_builds_what_the_rayjob_runs():
+    docker = (ROOT / "Dockerfile").read_text()
+    lines = [ln for ln in docker.splitlines() if ln and not ln.startswith("#")]
+    ray_pin = re.search(r'ray\[default,tune,train\]>=([\d.]+)', (ROOT / "pyproject.toml")
+                        .read_text()).group(1)
+    assert lines[0] == f"FROM rayproject/ray:{ray_pin}.0-py311-gpu"
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    for pin in re.findall(r'"(torch(?:vision)?==[\d.]+)"', setup):
+        assert pin in docker, pin
+    job = _load("kuberay-rayjob.yaml")
+    workdir = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["working_dir"]
+    assert f"WORKDIR {workdir}" in lines and any(ln.startswith("COPY") for ln in lines)
+    assert any(f"pip install --no-cache-dir -e {workdir}" in ln for ln in lines)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for name in (".git", ".venv", "results"):
+        assert name in ignored
 
 
 # submit.sh ------------------------------------------------------------------------------------
@@ -189,6 +334,20 @@ def test_submit_sh_submits_a_ray_job(tmp_path, token):
     assert f"ray job logs -f {job_id}" in done.stdout
     assert f"ray job status {job_id}" in done.stdout
     assert (out.parent / "args.mode").read_text().strip() == ("token" if token else "")
+
+
+def test_submit_sh_prints_the_ray_cli_it_ran(tmp_path):
+    """Follow-up commands name the CLI that submitted (e.g. .venv/bin/ray), not a bare ray."""
+    bin_dir = tmp_path / "venv-bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ray"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    done = _submit(["--storage", "s3://b/p"], tmp_path, RAY=str(fake),
+                   RAY_ADDRESS="http://127.0.0.1:8265", SD_TUNE_JOB_ID="j1")
+    assert done.returncode == 0, done.stderr
+    for verb in ("logs -f", "status", "stop"):
+        assert f"RAY_ADDRESS=http://127.0.0.1:8265 {fake} job {verb} j1" in done.stdout
 
 
 # ray_submit_entry.py --------------------------------------------------------------------------
