@@ -105,22 +105,19 @@ def test_no_experiment_at_a_folder_or_uri_exits_2(tmp_path: Path, command: str,
     assert "cannot read nosuch://bucket/smoke/sd_tune_space.json" in unknown.stderr
 
 
-def test_storage_defaults_to_the_environment(tmp_path: Path) -> None:
+def test_storage_defaults_to_the_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """$SD_TUNE_STORAGE (what the launcher configs and the RayJob set) stands in for
     --storage; --storage wins. Seen before Ray starts: the experiment exists there."""
-    import os
-
     for root in ("env", "flag"):
         (tmp_path / root / "smoke").mkdir(parents=True)
         (tmp_path / root / "smoke" / "sd_tune_space.json").write_text("{}")
-    env = {**os.environ, "SD_TUNE_STORAGE": str(tmp_path / "env")}
-    args = [sys.executable, "-m", "sd_tune.cli", "launch", "--space",
-            "search_spaces/smoke.yaml"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    monkeypatch.setenv("SD_TUNE_STORAGE", str(tmp_path / "env"))
+    space = ("launch", "--space", "search_spaces/smoke.yaml")
+    result = call(capsys, *space)
     assert result.returncode == 2
     assert f"already exists in {tmp_path / 'env' / 'smoke'}" in result.stderr
-    result = subprocess.run([*args, "--storage", str(tmp_path / "flag")], capture_output=True,
-                            text=True, timeout=120, env=env)
+    result = call(capsys, *space, "--storage", str(tmp_path / "flag"))
     assert result.returncode == 2
     assert f"already exists in {tmp_path / 'flag' / 'smoke'}" in result.stderr
 
