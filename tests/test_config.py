@@ -162,8 +162,8 @@ def test_unknown_section_key(tmp_path: Path) -> None:
         ("objectives: [val_acc]\n", "objectives[0]", r"must be \{metric: \.\.\., mode"),
         ("storage: 3\n", "storage", r"must be a path"),
         ("storage: ''\n", "storage", r"must be a path"),
-        ("name: 'my experiment'\n", "name", r"must be letters, digits"),
-        ("name: [a]\n", "name", r"must be letters, digits"),
+        ("name: 'my experiment'\n", "name", r"must be one folder name"),
+        ("name: [a]\n", "name", r"must be one folder name"),
     ],
 )
 def test_wrong_types(tmp_path: Path, text: str, key: str, pattern: str) -> None:
@@ -498,3 +498,102 @@ def test_space_from_dict_source_defaults() -> None:
     assert (spec.name, spec.source) == ("experiment", "<dict>")
     with pytest.raises(ConfigError, match=r"^<dict>: 1 problem:\n  train.epochs: must be >= 1"):
         space_from_dict({"train": {"epochs": 0, "warmup_epochs": 0}})
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    err, _ = problems_of(tmp_path, """\
+        name: dup
+        train: {epochs: 500}
+        model: {depth: 20}
+        train:
+          epochs: 10
+        """)
+    assert "found the key 'train' twice in one mapping (first on line 2)" in str(err)
+    err, _ = problems_of(tmp_path, "train: {epochs: 5, epochs: 6}\n")
+    assert "found the key 'epochs' twice" in str(err)
+
+
+def test_aliases_are_refused_so_a_bomb_stays_small(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    path = write(tmp_path, "\n".join([*lines, "name: *i"]) + "\n")
+    assert path.stat().st_size < 500  # 9**9 "lol"s once expanded
+    with pytest.raises(ConfigError, match=r"found an alias \(\*a\): sd-tune does not expand"):
+        load_space(path)
+    with pytest.raises(ValueError, match=r"alias"):
+        parse_value("*x")
+
+
+def test_a_huge_file_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("w") as f:
+        f.write("space:\n  train.lr: {choice: [")
+        f.write("0.1, " * 2_000_000)
+        f.write("0.1]}\n")
+    with pytest.raises(ConfigError, match=r"is 9,766 KiB, but a space file is at most 256 KiB"):
+        load_space(path)
+
+
+def test_long_values_are_refused_and_quoted_in_short(tmp_path: Path) -> None:
+    many = ", ".join(["0.1"] * 5000)
+    msg = only_problem(tmp_path, f"space:\n  train.lr: {{choice: [{many}]}}\n",
+                       "space.train.lr", r"choice takes at most 1000 values")
+    assert len(msg) < 300
+    msg = only_problem(tmp_path, f"train: {{lr: '{'x' * 100_000}'}}\n", "train.lr",
+                       r"must be a number, but got 'xxx")
+    assert len(msg) < 200
+    msg = only_problem(tmp_path, f"dataset: {{root: '{'y' * 5000}'}}\n", "dataset.root",
+                       r"must be at most 4096 characters, but got 5000")
+    assert len(msg) < 200
+    path = write(tmp_path, "train:\n" + "".join(f"  k{i}: {i}\n" for i in range(10_000)))
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    text = str(info.value)
+    assert len(info.value.problems) == 10_000 and len(text) < 5_000  # 20 listed, then a count
+    assert len(text.splitlines()) == 22 and text.endswith("  ... and 9980 more")
+
+
+@pytest.mark.parametrize(("text", "key", "pattern"), [
+    ("search: {num_samples: 1000000000000000000000}\n", "search.num_samples",
+     r"must be <= 10000 \(each trial is a full training run\), but got 1000000000000000000000"),
+    ("train: {epochs: 100000000000000000000000, warmup_epochs: 0}\n", "train.epochs",
+     r"must be <= 10000 \("),
+    ("train: {batch_size: 100000000000}\n", "train.batch_size", r"must be <= 65536 \("),
+    ("resources: {num_workers: 100000}\n", "resources.num_workers", r"must be <= 4096 \("),
+    ("train: {seed: -1}\n", "train.seed", r"`0 <= seed < 2\*\*32` must hold, but got -1"),
+    ("search: {seed: 4294967296}\n", "search.seed", r"`0 <= seed < 2\*\*32` must hold"),
+])
+def test_upper_bounds(tmp_path: Path, text: str, key: str, pattern: str) -> None:
+    only_problem(tmp_path, text, key, pattern)
+
+
+def test_set_values_that_are_not_yaml() -> None:
+    for text, why in (("[1,", "expected the node content"), ("*x", "found an alias"),
+                      ("!!python/object/apply:os.system ['true']",
+                       "could not determine a constructor for the tag")):
+        with pytest.raises(ValueError, match=re.escape(why)):
+            parse_value(text)
+    with pytest.raises(ValueError, match=r"at most 10000 characters, but got 20000"):
+        parse_value("1" * 20_000)
+
+
+def test_names_are_one_folder() -> None:
+    from sd_tune.config import name_problem
+
+    assert name_problem("imagenet_r50-v2.1") is None
+    for bad in ("../..", "/abs/path", "a/b", ".hidden", "", "x" * 101, "with space", None):
+        assert name_problem(bad) is not None, bad
+    assert name_problem("x" * 300).endswith("but got 300 characters")
+
+
+def test_a_space_with_nothing_to_search_is_named() -> None:
+    from sd_tune.config import nothing_searched
+
+    assert "it is empty" in nothing_searched(space_from_dict({}))
+    assert "only fixed values" in nothing_searched(space_from_dict({"space": {"train.lr": 0.2}}))
+    assert nothing_searched(space_from_dict(
+        {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}})) is None
