@@ -341,19 +341,18 @@ class _Planted:
 
 def test_a_planted_checkpoint_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    rec = Recorder(tmp_path / "real")
-    run_trial(tiny_cfg(epochs=1), rec, log=lambda _: None)
-    state = torch.load(rec.dirs[0] / CHECKPOINT_FILE, weights_only=True)
-    state["config"] = _Planted(str(marker))  # the file otherwise as run_trial wrote it
     planted = tmp_path / "planted"
     planted.mkdir()
-    torch.save(state, planted / CHECKPOINT_FILE)
-    with pytest.raises(ValueError, match=r"is not a checkpoint sd-tune can load: sd-tune reads "
-                                         r"only tensors and plain data"):
-        load_checkpoint(planted)
-    with pytest.raises(ValueError, match="is not a checkpoint sd-tune can load"):
-        run_trial(tiny_cfg(epochs=2), lambda m, c: None, resume_dir=planted, log=lambda _: None)
-    assert not marker.exists()
+    for fmt in (1, 2):  # sd-tune's old format and its current one
+        torch.save({"format": fmt, "epoch": 1, "config": _Planted(str(marker))},
+                   planted / CHECKPOINT_FILE)
+        with pytest.raises(ValueError, match=r"is not a checkpoint sd-tune can load: sd-tune "
+                                             r"reads only tensors and plain data"):
+            load_checkpoint(planted)
+        with pytest.raises(ValueError, match="is not a checkpoint sd-tune can load"):
+            run_trial(tiny_cfg(epochs=2), lambda m, c: None, resume_dir=planted,
+                      log=lambda _: None)
+        assert not marker.exists()
 
 
 def test_a_checkpoint_of_the_old_format_gets_a_clear_message(tmp_path: Path) -> None:
