@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -227,6 +228,31 @@ def init_ray(address: str | None = None) -> None:
             time.sleep(2.0)
         except (ConnectionError, TimeoutError, ray.exceptions.RayError) as err:
             raise _connect_error(address, err) from err
+
+
+DRIVER_LOG = "sd_tune_driver.log"
+
+
+def driver_log() -> Path:
+    """Send Ray Tune's and Train's log records in this (the driver's) process to a file in
+    Ray's log folder instead of the terminal, which gets sd-tune's own lines (a failed trial's
+    reason, one message for a full disk) rather than Ray's traceback walls; return the file."""
+    try:
+        folder = Path(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # Ray Client, or another Ray layout
+        folder = Path(tempfile.gettempdir())
+    path = folder / DRIVER_LOG
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("sd_tune_driver_log")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if h.get_name() == "sd_tune_driver_log"]:
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(handler)
+        logger.propagate = False
+    return path
 
 
 def private_token_file(path: Path | None = None) -> Path | None:

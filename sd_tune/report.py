@@ -4,7 +4,8 @@ The input is a list of trial records, plain JSON-serialisable dicts handed over 
 layer::
 
     {"trial_id": "a1b2c3d4", "status": "completed",  # or stopped_early, failed, running,
-                                                      # pending, missing (its folder is gone)
+                                                      # pending, missing (its folder is gone),
+                                                      # abandoned (Tune no longer lists it)
      "params": {"stochastic_depth.drop_rate": 0.23, "model.depth": 20},  # the searched values
      "config": {...},           # optional: the full flat config
      "final": {"val_acc": 0.91, "train_time_s": 120.3, "test_acc": 0.90, ...},  # last report
@@ -40,7 +41,8 @@ from sd_tune.config import EPOCH_METRICS, FINAL_METRICS, Objective
 from sd_tune.storage import replace_file
 
 DEFAULT_OBJECTIVES = (Objective("val_acc", "max"), Objective("train_time_s", "min"))
-STATUSES = ("completed", "stopped_early", "failed", "running", "pending", "missing")
+STATUSES = ("completed", "stopped_early", "failed", "running", "pending", "missing",
+            "abandoned")
 MODES = ("max", "min")
 TENSORBOARD_DIR = "tensorboard"  # under the experiment folder
 FIXED_COLUMNS = ("trial_id", "status", "error")
