@@ -85,11 +85,13 @@ def test_validate_ok_for_every_shipped_space(capsys: pytest.CaptureFixture[str])
 
 
 def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
-    space = write_space(tmp_path, f"name: nodata\ndataset: {{name: cifar10, root: {tmp_path}}}\n")
+    space = write_space(tmp_path, f"name: nodata\ndataset: {{name: cifar10, root: {tmp_path}}}\n"
+                                  f"space: {{train.lr: {{loguniform: [0.01, 0.1]}}}}\n")
     for command in ("launch", "train"):
         result = run(command, "--space", space, "--storage", str(tmp_path))
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
+        assert "not found" in result.stderr, result.stderr
         assert not (tmp_path / "nodata").exists()
 
 
@@ -110,7 +112,8 @@ def test_no_experiment_at_a_folder_or_uri_exits_2(tmp_path: Path, command: str,
 
 @pytest.mark.slow
 def test_gpu_space_on_a_cpu_cluster_fails_with_the_numbers(tmp_path: Path) -> None:
-    space = write_space(tmp_path, "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n")
+    space = write_space(tmp_path, "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n"
+                                  "space: {train.lr: {loguniform: [0.01, 0.1]}}\n")
     result = run("launch", "--space", space, "--storage", str(tmp_path))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
