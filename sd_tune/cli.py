@@ -528,14 +528,20 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue an interrupted search",
                             description="Continue an interrupted experiment: finished trials "
                                         "are kept, unfinished ones continue from their "
-                                        "checkpoints, and the search stops at num_samples.")
+                                        "checkpoints, and the search stops at num_samples. "
+                                        "Tune's saved state is checked first: a truncated one "
+                                        "is replaced by sd-tune's copy of the last whole state. "
+                                        "Ray Tune unpickles that state, which runs the code in "
+                                        "it: resume only experiments you wrote.")
     _experiment_arg(resume)
     _ray_args(resume)
     resume.set_defaults(func=_resume)
     rep = sub.add_parser("report", help="rebuild an experiment's summary files",
                          description="Rebuild trials.csv/json, pareto.json, "
                                      "time_to_accuracy.json, summary.md and the TensorBoard "
-                                     "entries from what the experiment folder holds.")
+                                     "entries from what the experiment folder holds. Only "
+                                     "plain data is read (JSON, text), never a pickle; what "
+                                     "cannot be read is listed, and the exit code is 2.")
     _experiment_arg(rep)
     rep.set_defaults(func=_report)
     val = sub.add_parser("validate", help="check a space file without starting anything",
