@@ -403,9 +403,11 @@ class TrialRecords(tune.Callback):
         self.history: dict[str, dict[int, dict[str, Any]]] = {}
         self.warned = False
         self.copied: tuple[str, int] | None = None  # the state file copied last, its mtime
+        self.tuner: bytes | None = None  # tuner.pkl, written once when the run starts
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "copied": None}  # a restored run copies its own state anew
+        # a restored run copies its own state anew
+        return {**self.__dict__, "copied": None, "tuner": None}
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if trials:
@@ -464,12 +466,13 @@ class TrialRecords(tune.Callback):
             if _state_problem(kind, content) is not None:
                 return
             data[name] = content
-        try:
-            tuner = store.read_bytes(store.join(self.exp_dir, TUNER_PKL), MAX_STATE_BYTES)
-            if _state_problem("tuner", tuner) is None:
-                data[TUNER_PKL] = tuner
-        except (OSError, ValueError):
-            pass
+        if self.tuner is None:
+            with contextlib.suppress(OSError, ValueError):
+                tuner = store.read_bytes(store.join(self.exp_dir, TUNER_PKL), MAX_STATE_BYTES)
+                if _state_problem("tuner", tuner) is None:
+                    self.tuner = tuner
+        if self.tuner is not None:
+            data[TUNER_PKL] = self.tuner
         payload = {"saved": time.strftime("%Y-%m-%d %H:%M:%S"),
                    "files": {n: base64.b64encode(c).decode() for n, c in data.items()}}
         if self._put(store.join(self.exp_dir, STATE_COPY), json.dumps(payload).encode()):
