@@ -12,14 +12,18 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
 from sd_tune import storage as store
@@ -49,15 +53,18 @@ def _rates(args: argparse.Namespace) -> int:
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     """``["train.epochs=1", "stochastic_depth.method=block"]`` -> a dict of overrides."""
-    from sd_tune.config import parse_value
+    from sd_tune.config import excerpt, parse_value
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise UsageError(f"--set takes section.key=value (e.g. train.epochs=1), but got "
-                             f"{item!r}")
-        out[key.strip()] = parse_value(value)
+                             f"{excerpt(item)}")
+        try:
+            out[key.strip()] = parse_value(value)
+        except ValueError as err:
+            raise UsageError(f"--set {excerpt(key.strip())[1:-1]}: {err}") from err
     return out
 
 
@@ -65,14 +72,24 @@ def _load(args: argparse.Namespace):
     """The validated space file with --set (and --name) applied, and its raw mapping."""
     from sd_tune.config import ConfigError, apply_overrides, load_yaml, space_from_dict
 
+    name = getattr(args, "name", None)
+    if name is not None:
+        _check_name(name)
     try:
         raw = load_yaml(args.space)
         raw = apply_overrides(raw, parse_sets(args.set))
-        if getattr(args, "name", None) and args.command != "train":
-            raw["name"] = args.name
+        if name and args.command != "train":
+            raw["name"] = name
         return space_from_dict(raw, str(args.space)), raw
     except ConfigError as err:
         raise UsageError(str(err)) from err
+
+
+def _check_name(name: str) -> None:
+    from sd_tune.config import name_problem
+
+    if (problem := name_problem(name)) is not None:
+        raise UsageError(f"--name {problem}")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -80,10 +97,11 @@ def _validate(args: argparse.Namespace) -> int:
     from sd_tune.search import optuna_distributions
 
     dists, _ = optuna_distributions(spec.space)
+    searched = ", ".join(dists) or ("nothing (`sd-tune launch` refuses such a file; "
+                                    "`sd-tune train` trains its settings once)")
     print(f"{args.space}: ok: experiment {spec.name!r}, {spec.search.num_samples} trials of "
           f"{spec.trial.model.family} on {spec.trial.dataset.name}, searching "
-          f"{', '.join(dists) or 'nothing'}; objectives "
-          + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives))
+          f"{searched}; objectives " + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives))
     return 0
 
 
@@ -101,6 +119,22 @@ def _preflight_data(trial) -> None:
         raise UsageError(str(err)) from err
 
 
+def _check_storage(location: str, what: str = "--storage") -> None:
+    """Fail before Ray starts when nothing can be written at ``location``."""
+    if (problem := store.probe_writable(store.root(location), what)) is not None:
+        raise UsageError(problem)
+
+
+@contextlib.contextmanager
+def _locked(folder: str, command: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for this command; another sd-tune in it is a usage error."""
+    try:
+        with store.locked(folder, command):
+            yield
+    except store.LockHeld as err:
+        raise UsageError(f"{folder} {err}") from None
+
+
 def _start_ray(address: str | None, trial, storage: str | None = None, *, trials: int = 1,
                wait_s: float | None = None) -> int | None:
     """Start or join Ray; refuse a trial whose workers the cluster can never hold (counting
@@ -114,6 +148,7 @@ def _start_ray(address: str | None, trial, storage: str | None = None, *, trials
         ray_train.init_ray(address)
     except ConnectionError as err:
         raise UsageError(str(err)) from err
+    _catch_sigterm()  # ray.init makes SIGTERM exit at once; it stops cleanly instead
     nodes = ray_train.node_resources()
     problem = ray_train.resource_problem(trial, nodes)
     scaler = autoscale.find_autoscaler() if address or os.environ.get("RAY_ADDRESS") else None
@@ -148,51 +183,116 @@ def _storage(args: argparse.Namespace, space: Any) -> str:
     return args.storage or os.environ.get("SD_TUNE_STORAGE") or space.storage
 
 
+RUN_FILE = "run.json"  # in a `train` run's folder: its name and settings, for --resume
+
+
+def _run_exists(storage: str, name: str, local: Path) -> bool:
+    """Whether a `train` run of this name is there (beyond a lock being taken)."""
+    if local.is_dir() and any(p.name != store.LOCK_FILE for p in local.iterdir()):
+        return True
+    return store.is_uri(storage) and _exists(store.join(store.root(storage), name))
+
+
+def _saved_config(local: Path) -> dict[str, Any] | None:
+    """The settings a `train` run was started with (its run.json; summary.json for a run of an
+    older sd-tune), or None."""
+    for file in (RUN_FILE, "summary.json"):
+        try:
+            config = json.loads((local / file).read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(config, dict):
+            return config
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
     space, _ = _load(args)
     trial = space.trial
-    _preflight_data(trial)
     from sd_tune import ray_train
+    from sd_tune.config import excerpt
     from sd_tune.train import progress_line
 
     storage = _storage(args, space)
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
-    epochs = trial.train.epochs
-    print(f"training {trial.model.arch} on {trial.dataset.name}: "
-          f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
-          f"{trial.stochastic_depth.drop_rate} ({trial.stochastic_depth.drop_distribution}), "
-          f"{trial.resources.num_workers} workers, {epochs} epochs", flush=True)
-    last: dict[str, Any] = {}
-
-    def emit(metrics: dict[str, Any]) -> None:
-        last.update(metrics)
-        print(progress_line(metrics, epochs), flush=True)
-
-    try:
-        ray_train.fit_trial(trial, storage=storage, name=name, emit=emit,
-                            max_failures=args.max_failures)
-    except Exception as err:  # Ray wraps the worker's error; show its message, not the stack
-        print(f"sd-tune train: the trial failed: {ray_train.root_cause(err)}", file=sys.stderr)
-        return 1
-    run_dir = ray_train.run_dir(storage, name)
-    summary = {k: last[k] for k in ("val_acc", "test_acc", "train_time_s", "wall_time_s")
-               if k in last}
-    print("done: " + ", ".join(f"{k} {v:.4f}" if k.endswith("acc") else f"{k} {v:.1f}"
-                               for k, v in summary.items()))
-    print(f"metrics: {run_dir / 'metrics.jsonl'}\ntensorboard --logdir {run_dir}")
-    (run_dir / "summary.json").write_text(json.dumps(
-        {"name": name, "config": trial.to_dict(), "final": last}, indent=2))
-    if store.is_uri(storage):
-        # The run's checkpoints are at the URI already; its metrics and summary join them.
-        remote = store.join(storage, name)
+    local = ray_train.run_dir(storage, name)
+    where = store.join(store.root(storage), name)
+    _preflight_data(trial)
+    _check_storage(storage)
+    again = f"the same command with --resume (sd-tune train ... --name {name} --resume)"
+    with _locked(str(local), "sd-tune train"):
+        exists = _run_exists(storage, name, local)
+        if exists and not args.resume:
+            raise UsageError(f"a run named {name!r} is in {where} already, and sd-tune never "
+                             f"overwrites one; continue it with {again}, or give another "
+                             f"--name")
+        if args.resume:
+            if not exists:
+                raise UsageError(f"there is no run named {name!r} in {where} to resume; "
+                                 "drop --resume to start it")
+            saved = _saved_config(local)
+            if saved is None:
+                raise UsageError(f"cannot resume {where}: it has no {RUN_FILE} (a run of an "
+                                 "older sd-tune?); start it anew under another --name")
+            now = trial.to_dict()
+            changed = sorted(f"{s}.{k}: {excerpt(v)} -> {excerpt(now.get(s, {}).get(k))}"
+                             for s, sec in saved.items() if isinstance(sec, dict)
+                             for k, v in sec.items() if now.get(s, {}).get(k) != v)
+            if changed:
+                raise UsageError(f"the run {name!r} was started with other settings ("
+                                 + "; ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+                                 + "); resume it with the --space and --set it was started "
+                                   "with, or train these settings under another --name")
+        else:
+            local.mkdir(parents=True, exist_ok=True)
+            store.replace_file(local / RUN_FILE, json.dumps(
+                {"name": name, "config": trial.to_dict(),
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+        _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
+        ray_train.driver_log()
+        epochs = trial.train.epochs
+        print(f"training {trial.model.arch} on {trial.dataset.name}: "
+              f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
+              f"{trial.stochastic_depth.drop_rate} ({trial.stochastic_depth.drop_distribution}), "
+              f"{trial.resources.num_workers} workers, {epochs} epochs"
+              + (f"; resuming {where}" if args.resume else ""), flush=True)
+        args.on_interrupt = f"; continue the run with {again}"
         try:
-            store.upload(run_dir, remote)
-        except (OSError, ValueError) as err:
-            print(f"sd-tune train: could not copy {run_dir} to {remote}: {err}",
+            ray_train.fit_trial(trial, storage=storage, name=name, max_failures=args.max_failures,
+                                emit=lambda m: print(progress_line(m, epochs), flush=True))
+        except Exception as err:  # Ray wraps the worker's error; show its message, not the stack
+            if store.is_disk_full(err):
+                raise store.StorageFull(f"the storage {store.root(storage)} is full "
+                                        f"({store.free_space(storage)}); the run's metrics and "
+                                        f"checkpoints so far are kept: free some space, then "
+                                        f"continue with {again}") from err
+            print(f"sd-tune train: the trial failed: {ray_train.root_cause(err)}",
                   file=sys.stderr)
             return 1
-        print(f"copied {run_dir} to {remote}")
+        rows = ray_train.read_metrics(local / "metrics.jsonl")
+        last = rows[-1] if rows else {}
+        if _INTERRUPTED or int(last.get("epoch", 0)) < epochs:
+            by = f" by {_INTERRUPTED[0]}" if _INTERRUPTED else ""
+            raise UsageError(f"the run stopped{by} after epoch {int(last.get('epoch', 0))} of "
+                             f"{epochs}; its metrics and checkpoints are kept: continue it "
+                             f"with {again}")
+        summary = {k: last[k] for k in ("val_acc", "test_acc", "train_time_s", "wall_time_s")
+                   if isinstance(last.get(k), (int, float))}
+        print("done: " + ", ".join(f"{k} {v:.4f}" if k.endswith("acc") else f"{k} {v:.1f}"
+                                   for k, v in summary.items())
+              + f" ({len(rows)} epoch reports)")
+        print(f"metrics: {local / 'metrics.jsonl'}\ntensorboard --logdir {local}")
+        store.replace_file(local / "summary.json", json.dumps(
+            {"name": name, "config": trial.to_dict(), "final": last}, indent=2))
+        if store.is_uri(storage):
+            # The run's checkpoints are at the URI already; its metrics and summary join them.
+            try:
+                store.upload(local, where)
+            except (OSError, ValueError) as err:
+                print(f"sd-tune train: could not copy {local} to {where}: {err}",
+                      file=sys.stderr)
+                return 1
+            print(f"copied {local} to {where}")
     return 0
 
 
@@ -209,21 +309,33 @@ def _write_report(exp_dir: str, spec: Any, records: list[dict[str, Any]]) -> Non
     written to a local temporary folder first and then replace those at the URI."""
     from sd_tune import report
 
-    if not store.is_uri(exp_dir):
-        report.write_results(exp_dir, spec.name, records, spec.objectives)
-        return
-    with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
-        report.write_results(tmp, spec.name, records, spec.objectives, location=exp_dir)
-        # The old TensorBoard entries go, as they do locally, else TensorBoard shows both.
-        store.remove(store.join(exp_dir, report.TENSORBOARD_DIR))
-        store.upload(tmp, exp_dir)
+    try:
+        if not store.is_uri(exp_dir):
+            report.write_results(exp_dir, spec.name, records, spec.objectives)
+            return
+        with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
+            report.write_results(tmp, spec.name, records, spec.objectives, location=exp_dir)
+            # The old TensorBoard entries go, as they do locally, else TensorBoard shows both.
+            store.remove(store.join(exp_dir, report.TENSORBOARD_DIR))
+            store.upload(tmp, exp_dir)
+    except OSError as err:
+        if store.is_disk_full(err):
+            raise store.StorageFull(
+                f"the storage of {exp_dir} is full ({store.free_space(exp_dir)}): the report "
+                f"could not be written, and the previous report files are whole; free some "
+                f"space, then run `sd-tune report {shlex.quote(exp_dir)}`") from err
+        raise UsageError(f"cannot write the report in {exp_dir}: {err}") from err
 
 
-def _report_experiment(exp_dir: str) -> int:
+def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     from sd_tune import report, search
 
-    spec, _ = search.load_spec(exp_dir)
-    records = search.collect_records(exp_dir)
+    notes: list[str] = []
+    try:
+        spec, _ = search.load_spec(exp_dir, notes)
+        records, unreadable = search.collect_records(exp_dir)
+    except search.SpecError as err:
+        raise UsageError(str(err)) from err
     _write_report(exp_dir, spec, records)
     front = report.pareto_front(records, spec.objectives)
     counts = {}
@@ -232,46 +344,86 @@ def _report_experiment(exp_dir: str) -> int:
     print(f"{spec.name}: {len(records)} trials (" + ", ".join(f"{v} {k}" for k, v in
                                                           sorted(counts.items())) + ")")
     for r in records:
-        if r["status"] == "failed":
-            print(f"  failed {r['trial_id']}: {r['error']}")
+        if r["status"] in ("failed", "missing", "abandoned"):
+            print(f"  {r['status']} {r['trial_id']}: {r['error']}")
     print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives) + "):")
     print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
     print(f"summary: {store.join(exp_dir, 'summary.md')}\n"
           f"tensorboard --logdir {shlex.quote(exp_dir)}")
+    for note in notes:
+        print(f"note: {note}")
+    for line in unreadable:
+        print(f"  unreadable: {line}")
     unfinished = [r for r in records if r["status"] in ("running", "pending")]
-    if unfinished or len(records) < spec.search.num_samples:
-        print(f"the search is unfinished ({len(records)} of {spec.search.num_samples} trials "
-              f"started, {len(unfinished)} unfinished): sd-tune resume {shlex.quote(exp_dir)}")
+    started = sum(r["status"] != "abandoned" for r in records)
+    resume = f"sd-tune resume {shlex.quote(exp_dir)}"
+    text = None
+    if unfinished or started < spec.search.num_samples:
+        stopped = f"stopped by {_INTERRUPTED[0]}: " if _INTERRUPTED else ""
+        text = (f"{stopped}the search is unfinished ({started} of {spec.search.num_samples} "
+                f"trials started, {len(unfinished)} unfinished); continue with `{resume}`")
+    if unreadable:
+        if text:
+            print(text)
+        raise UsageError(f"{len(unreadable)} file(s) of the experiment could not be read (listed "
+                         f"above): the report leaves out what they held")
+    if text and after_search:
+        raise UsageError(text)  # interrupted: not a success
+    if text:
+        print(text)
     return 0
+
+
+def _search_failed(command: str, exp_dir: str, err: Exception) -> int:
+    """An error stopped the search (not the user's): say so in one line, report what is
+    there, exit 1."""
+    from sd_tune import ray_train
+
+    print(f"sd-tune {command}: the search stopped with an error: {err}; every finished trial "
+          f"is kept (Ray's logs: /tmp/ray/session_latest/logs, {ray_train.DRIVER_LOG} there); "
+          f"continue with `sd-tune resume {shlex.quote(exp_dir)}`", file=sys.stderr)
+    with contextlib.suppress(UsageError, store.StorageFull, OSError):
+        _report_experiment(exp_dir)
+    return 1
 
 
 def _launch(args: argparse.Namespace) -> int:
     spec, raw = _load(args)
+    from sd_tune.config import nothing_searched
+
+    if (problem := nothing_searched(spec)) is not None:
+        raise UsageError(f"{spec.source}: {problem}")
     _preflight_data(spec.trial)
     from sd_tune import search
 
     storage = _storage(args, spec)
+    _check_storage(storage)
     exp_dir = search.experiment_dir(storage, spec.name)
-    if _exists(store.join(exp_dir, search.SPEC_FILE)):
-        raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue it "
-                         f"with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new one "
-                         "with --name NEW")
-    from sd_tune.autoscale import expected_trials
+    with _locked(exp_dir, "sd-tune launch"):
+        if _exists(store.join(exp_dir, search.SPEC_FILE)):
+            raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue "
+                             f"it with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new "
+                             "one with --name NEW")
+        from sd_tune.autoscale import expected_trials
 
-    slots = _start_ray(args.address, spec.trial, storage, wait_s=args.wait_for_nodes,
-                       trials=expected_trials(spec.search.num_samples,
-                                              spec.search.max_concurrent_trials))
-    search.run_search(spec, raw, storage, max_failures=args.max_failures, slots=slots)
-    return _report_experiment(exp_dir)
+        slots = _start_ray(args.address, spec.trial, storage, wait_s=args.wait_for_nodes,
+                           trials=expected_trials(spec.search.num_samples,
+                                                  spec.search.max_concurrent_trials))
+        args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
+        try:
+            search.run_search(spec, raw, storage, max_failures=args.max_failures, slots=slots)
+        except search.SearchFailed as err:
+            return _search_failed("launch", exp_dir, err)
+        return _report_experiment(exp_dir, after_search=True)
 
 
 def _experiment_dir(path: str) -> str:
     """The experiment at ``path`` (a folder or a URI) as an absolute path or a URI."""
-    from sd_tune.search import SPEC_FILE
+    from sd_tune.search import SPEC_COPY, SPEC_FILE
 
     # join with no parts drops a URI's trailing slash
     exp_dir = store.join(path) if store.is_uri(path) else store.root(path)
-    if not _exists(store.join(exp_dir, SPEC_FILE)):
+    if not (_exists(store.join(exp_dir, SPEC_FILE)) or _exists(store.join(exp_dir, SPEC_COPY))):
         raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "
                          "pass the folder or URI `sd-tune launch` printed, <storage>/<name>")
     return exp_dir
@@ -281,14 +433,90 @@ def _resume(args: argparse.Namespace) -> int:
     from sd_tune import search
 
     exp_dir = _experiment_dir(args.dir)
-    spec, _ = search.load_spec(exp_dir)
-    _start_ray(args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes)
-    search.resume_search(exp_dir, spec, max_failures=args.max_failures)
-    return _report_experiment(exp_dir)
+    notes: list[str] = []
+    try:
+        spec, _ = search.load_spec(exp_dir, notes)
+    except search.SpecError as err:
+        raise UsageError(str(err)) from err
+    _check_storage(exp_dir, "the experiment folder")
+    with _locked(exp_dir, "sd-tune resume"):
+        finished, _ = search.finished_records(exp_dir)
+        try:
+            note = search.check_state(exp_dir, len(finished))
+        except search.StateError as err:
+            raise UsageError(str(err)) from err
+        for line in [*notes, *([note] if note else [])]:
+            print(f"note: {line}", flush=True)
+        _start_ray(args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes)
+        args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
+        try:
+            search.resume_search(exp_dir, spec, max_failures=args.max_failures)
+        except search.SearchFailed as err:
+            return _search_failed("resume", exp_dir, err)
+        return _report_experiment(exp_dir, after_search=True)
 
 
 def _report(args: argparse.Namespace) -> int:
-    return _report_experiment(_experiment_dir(args.dir))
+    exp_dir = _experiment_dir(args.dir)
+    args.on_interrupt = (f"; the report files are whole (each is replaced in one step): run "
+                         f"`sd-tune report {shlex.quote(exp_dir)}` again")
+    return _report_experiment(exp_dir)
+
+
+JOB_ARGS = "SD_TUNE_JOB_ARGS"  # more arguments, as a JSON list (launch/submit.sh's jobs)
+
+
+def _job_args() -> list[str]:
+    """The arguments ``launch/submit.sh`` hands a Ray job as data (never through the shell
+    that runs the job's entrypoint), or [] where there are none."""
+    from sd_tune.config import excerpt
+
+    text = os.environ.pop(JOB_ARGS, None)
+    if text is None:
+        return []
+    try:
+        args = json.loads(text)
+    except ValueError:
+        args = None
+    if (not isinstance(args, list) or len(args) > 1000
+            or not all(isinstance(a, str) for a in args)):
+        raise UsageError(f"${JOB_ARGS} must be a JSON list of strings (launch/submit.sh writes "
+                         f"it), but got {excerpt(text)}")
+    return args
+
+
+_INTERRUPTED: list[str] = []  # the signals that asked this process to stop
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (``ray job stop``, a scheduler) stops like Ctrl-C: Tune and Train save and
+    stop; elsewhere it raises KeyboardInterrupt."""
+    _INTERRUPTED.append("SIGTERM")
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def _catch_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _max_failures(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else None
+    if value is None or not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"`0 <= max_failures <= 100` must hold, but got "
+                                         f"{text[:40]!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def _space_args(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
@@ -312,15 +540,16 @@ def _experiment_arg(p: argparse.ArgumentParser) -> None:
 def _ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (auto, ray://host:port, host:port); "
                                      "default $RAY_ADDRESS, else a local Ray")
-    p.add_argument("--max-failures", type=int, default=1,
-                   help="worker-group restarts of a trial from its last checkpoint (default 1)")
+    p.add_argument("--max-failures", type=_max_failures, default=1,
+                   help="worker-group restarts of a trial from its last checkpoint, 0-100 "
+                        "(default 1)")
     p.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
                    help="when no node of the cluster can hold a trial but its autoscaler can "
                         "add one, how long to wait for it before giving up (default 1800)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sd-tune", description="Find how much stochastic depth a ResNet should get.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     launch = sub.add_parser(
@@ -331,20 +560,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "trials.csv/json, pareto.json, time_to_accuracy.json, summary.md and "
                     "TensorBoard entries.")
     _space_args(launch)
-    launch.add_argument("--name", help="experiment name (default: the file's name)")
+    launch.add_argument("--name", help="experiment name, one folder name: letters, digits, "
+                                       "'_', '.', '-' (default: the file's name)")
     _ray_args(launch)
     launch.set_defaults(func=_launch)
     resume = sub.add_parser("resume", help="continue an interrupted search",
                             description="Continue an interrupted experiment: finished trials "
                                         "are kept, unfinished ones continue from their "
-                                        "checkpoints, and the search stops at num_samples.")
+                                        "checkpoints, and the search stops at num_samples. "
+                                        "Tune's saved state is checked first: a truncated one "
+                                        "is replaced by sd-tune's copy of the last whole state. "
+                                        "Ray Tune unpickles that state, which runs the code in "
+                                        "it: resume only experiments you wrote.")
     _experiment_arg(resume)
     _ray_args(resume)
     resume.set_defaults(func=_resume)
     rep = sub.add_parser("report", help="rebuild an experiment's summary files",
                          description="Rebuild trials.csv/json, pareto.json, "
                                      "time_to_accuracy.json, summary.md and the TensorBoard "
-                                     "entries from what the experiment folder holds.")
+                                     "entries from what the experiment folder holds. Only "
+                                     "plain data is read (JSON, text), never a pickle; what "
+                                     "cannot be read is listed, and the exit code is 2.")
     _experiment_arg(rep)
     rep.set_defaults(func=_report)
     val = sub.add_parser("validate", help="check a space file without starting anything",
@@ -358,7 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(metrics.jsonl), TensorBoard scalars and checkpoints go to "
                     "<storage>/<name>/.")
     _space_args(train)
-    train.add_argument("--name", help="run name (default: train-<space name>-<time>)")
+    train.add_argument("--name", help="run name, one folder name (default: train-<space "
+                                      "name>-<time>); an existing run is never overwritten")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run --name from its last checkpoint, with the "
+                            "--space and --set it was started with; its metrics so far stay")
     _ray_args(train)
     train.set_defaults(func=_train)
     rates = sub.add_parser("rates", help="show the per-block drop rates surgery gives a model",
@@ -385,11 +625,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     9 blocks, expected depth 6.50 of 9
     0
     """
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        try:
+            argv = [*sys.argv[1:], *_job_args()]
+        except UsageError as err:
+            print(f"sd-tune: error: {err}", file=sys.stderr)
+            return 2
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # -h, or a usage error argparse printed in one line
+        return done.code if isinstance(done.code, int) else 2
+    _catch_sigterm()
+    _INTERRUPTED.clear()
+    args.on_interrupt = ""
     try:
         return args.func(args)
-    except UsageError as err:
+    except (UsageError, store.StorageFull) as err:
         print(f"sd-tune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        by = _INTERRUPTED[0] if _INTERRUPTED else "Ctrl-C"
+        print(f"sd-tune {args.command}: error: interrupted ({by}){args.on_interrupt}",
+              file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,60 @@ FINAL_METRICS = ("test_acc", "test_acc5", "test_loss")
 SAMPLERS = ("tpe", "nsga2", "random")
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
 
+# Bounds on what a file may ask for: far above any real use, low enough that a typo (1e21
+# trials, 1e11 images a batch) fails here with the reason instead of running for ever or
+# exhausting memory. ``LIMITS[key] = (largest value, why)``.
+LIMITS: dict[str, tuple[int, str]] = {
+    "train.epochs": (10_000, "10000 epochs is 100 times the longest published schedules"),
+    "train.batch_size": (65_536, "a batch that large does not fit any accelerator's memory"),
+    "train.eval_batch_size": (65_536, "a batch that large does not fit any accelerator's "
+                                      "memory"),
+    "dataset.num_workers": (256, "more decoding processes than any node has cores"),
+    "dataset.image_size": (4_096, "larger images than any ResNet recipe uses"),
+    "resources.num_workers": (4_096, "more DDP workers than any cluster sd-tune targets"),
+    "search.num_samples": (10_000, "each trial is a full training run"),
+}
+SEED_LIMIT = 2**32  # numpy and Optuna take seeds in [0, 2**32)
+MAX_FILE_BYTES = 256 * 1024  # a space file; the shipped ones are 1-4 KB
+MAX_SET_CHARS = 10_000  # one --set value
+MAX_CHOICES = 1_000  # values of one `choice`
+MAX_TEXT_CHARS = 4_096  # a string setting (a path, a name)
+MAX_NAME_CHARS = 100  # an experiment or run name: one folder name
+MAX_PROBLEMS_SHOWN = 20  # a message lists this many problems, then says how many more
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = 80
+_EXCERPT.maxother = 80
+_EXCERPT.maxlong = 40
+_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 6
+_EXCERPT.maxlevel = 3
+
+
+def excerpt(value: Any) -> str:
+    """A bounded ``repr`` of ``value`` for messages: never the whole of a long value.
+
+    >>> excerpt("x" * 1000)[:12], len(excerpt(list(range(10**6)))) < 100
+    ("'xxxxxxxxxxx", True)
+    """
+    return _EXCERPT.repr(value)
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be an experiment or run name, or None. A name is one folder name
+    under the storage: letters, digits, ``_``, ``.``, ``-``, starting with a letter or digit,
+    at most :data:`MAX_NAME_CHARS` characters (so never ``..``, ``/x`` or ``a/b``).
+
+    >>> name_problem("smoke-2"), name_problem("../escape")[:46]
+    (None, "must be one folder name (letters, digits, '_',")
+    """
+    if isinstance(name, str) and len(name) <= MAX_NAME_CHARS and _NAME.fullmatch(name):
+        return None
+    got = (f"{len(name)} characters" if isinstance(name, str) and len(name) > MAX_NAME_CHARS
+           else excerpt(name))
+    return (f"must be one folder name (letters, digits, '_', '.', '-', starting with a letter "
+            f"or digit, at most {MAX_NAME_CHARS} characters), but got {got}")
+
 
 class ConfigError(ValueError):
     """One or more problems in a configuration; ``problems`` lists ``(key path, message)``."""
@@ -42,7 +97,10 @@ class ConfigError(ValueError):
         self.source = source
         self.problems = problems
         lines = [f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:"]
-        lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in problems]
+        lines += [f"  {path}: {msg}" if path else f"  {msg}"
+                  for path, msg in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
         super().__init__("\n".join(lines))
 
 
@@ -189,34 +247,49 @@ def _coerce(value: Any, annotation: str) -> tuple[Any, str | None]:
         return (None, None) if optional else (None, f"must be {_type_name(base)}, not null")
     if base == "bool":
         return (value, None) if isinstance(value, bool) else (value, f"must be true or false, "
-                                                                      f"but got {value!r}")
+                                                                      f"but got {excerpt(value)}")
     if base == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None
-        return value, f"must be an integer, but got {value!r}"
+        return value, f"must be an integer, but got {excerpt(value)}"
     if base == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                return value, f"must be a finite number, but got {value!r}"
+                return value, f"must be a finite number, but got {excerpt(value)}"
             return float(value), None
-        return value, f"must be a number, but got {value!r}"
+        return value, f"must be a number, but got {excerpt(value)}"
     if base == "str":
-        return (value, None) if isinstance(value, str) else (value, f"must be a string, but "
-                                                                    f"got {value!r}")
+        if not isinstance(value, str):
+            return value, f"must be a string, but got {excerpt(value)}"
+        if len(value) > MAX_TEXT_CHARS:
+            return value, (f"must be at most {MAX_TEXT_CHARS} characters, but got "
+                           f"{len(value)}: {excerpt(value)}")
+        return value, None
     return value, None
+
+
+def _key(key: Any) -> str:
+    """A mapping key as it appears in a key path: short keys whole, long ones cut."""
+    text = str(key) if isinstance(key, (str, int, float, bool)) or key is None else excerpt(key)
+    return text if len(text) <= 80 else excerpt(text)
 
 
 def _section(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append((path, f"must be a mapping, but got {data!r}"))
+        problems.append((path, f"must be a mapping, but got {excerpt(data)}"))
         return cls()
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
+    first_unknown = None
     for key, value in data.items():
         if key not in known:
-            problems.append((f"{path}.{key}", f"unknown key; known keys: {', '.join(known)}"))
+            here = f"{path}.{_key(key)}"
+            problems.append((here, f"unknown key; known keys: {', '.join(known)}"
+                             if first_unknown is None else
+                             f"unknown key (the known keys are listed at {first_unknown})"))
+            first_unknown = first_unknown or here
             continue
         value, err = _coerce(value, str(known[key].type))
         if err:
@@ -229,7 +302,7 @@ def _section(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -
 def _choice(problems: list, path: str, value: Any, allowed: tuple | list) -> None:
     if value not in allowed:
         problems.append((path, f"must be one of {', '.join(map(repr, allowed))}, "
-                               f"but got {value!r}"))
+                               f"but got {excerpt(value)}"))
 
 
 def _check_depth(problems: list, path: str, family: str, depth: Any) -> None:
@@ -268,6 +341,14 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(t, key) < 1:
             problems.append((f"train.{key}", f"must be >= 1, but got {getattr(t, key)}"))
+    for path, (largest, why) in LIMITS.items():
+        section, _, key = path.partition(".")
+        value = getattr(getattr(trial, section), key, None) if section in SECTIONS else None
+        if isinstance(value, (int, float)) and value > largest:
+            problems.append((path, f"must be <= {largest} ({why}), but got {excerpt(value)}"))
+    for path, value in (("train.seed", t.seed), ("dataset.split_seed", d.split_seed)):
+        if not 0 <= value < SEED_LIMIT:
+            problems.append((path, f"`0 <= seed < 2**32` must hold, but got {excerpt(value)}"))
     for key in ("lr",):
         if getattr(t, key) <= 0:
             problems.append((f"train.{key}", f"must be > 0, but got {getattr(t, key)}"))
@@ -327,7 +408,32 @@ def trial_from_dict(data: dict[str, Any], problems: list[tuple[str, str]]) -> Tr
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``, but ``1e-4`` and ``5.0e3`` are floats (as in YAML 1.2), not strings."""
+    """``yaml.safe_load``, but ``1e-4`` and ``5.0e3`` are floats (as in YAML 1.2), not strings,
+    a key given twice in one mapping is an error (not a silent overwrite), and aliases
+    (``*name``) are refused: expanding them is how a few hundred bytes become gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found an alias (*{excerpt(event.anchor)[1:-1]}): sd-tune does not "
+                            "expand YAML aliases; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = (key_node.tag, key_node.value)
+                    if key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"found the key {excerpt(key_node.value)} twice in one "
+                                        f"mapping (first on line {first[key]}); the second "
+                                        "would silently replace the first: keep one",
+                            key_node.start_mark)
+                    first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -357,8 +463,36 @@ def parse_value(text: str) -> Any:
 
     >>> parse_value("0.5"), parse_value("block"), parse_value("null"), parse_value("1e-4")
     (0.5, 'block', None, 0.0001)
+
+    Raises ``ValueError`` saying why for a value that is not YAML, longer than
+    :data:`MAX_SET_CHARS`, or uses an alias or a ``!!python`` tag.
     """
-    return yaml.load(text, Loader=_Loader)
+    if len(text) > MAX_SET_CHARS:
+        raise ValueError(f"a value is at most {MAX_SET_CHARS} characters, but got {len(text)}: "
+                         f"{excerpt(text)}")
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{excerpt(text)} is not a YAML value: {_yaml_problem(err)}") from err
+    except RecursionError as err:
+        raise ValueError(f"{excerpt(text)} is nested too deeply") from err
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where, never the input itself."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        where = err.problem_mark or err.context_mark
+        text = _cut(str(err.problem or err.context or ""), 200)
+        if where is not None:
+            text += f" (line {where.line + 1}, column {where.column + 1})"
+        return text
+    return _cut(str(err), 200)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (cut ones marked with ``...``)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -386,18 +520,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(str(p), [("", "no such file; pass --space with the path of a "
                                         "search-space YAML file (see search_spaces/)")])
     try:
-        data = yaml.load(p.read_text(), Loader=_Loader)
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            size = p.stat().st_size
+            raise ConfigError(str(p), [("", f"is {size / 2**10:,.0f} KiB, but a space file is "
+                                            f"at most {MAX_FILE_BYTES // 2**10} KiB (a few KB "
+                                            "is usual): is this the right file?")])
+        data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(str(p), [("", f"cannot be read: {err}")]) from err
     except yaml.YAMLError as err:
-        raise ConfigError(str(p), [("", f"is not valid YAML: {err}")]) from err
+        raise ConfigError(str(p), [("", f"is not valid YAML: {_yaml_problem(err)}")]) from err
+    except RecursionError as err:
+        raise ConfigError(str(p), [("", "is nested too deeply to read")]) from err
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ConfigError(str(p), [("", f"must be a YAML mapping at the top, but got {got}")])
     return data
-
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
@@ -409,10 +549,10 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
     problems: list[tuple[str, str]] = []
     for key in data:
         if key not in TOP_KEYS:
-            problems.append((str(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
+            problems.append((_key(key), f"unknown key; known keys: {', '.join(TOP_KEYS)}"))
     name = data.get("name", Path(source).stem if source != "<dict>" else "experiment")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        problems.append(("name", f"must be letters, digits, '_', '.', '-', but got {name!r}"))
+    if (problem := name_problem(name)) is not None:
+        problems.append(("name", problem))
     trial = trial_from_dict(data, problems)
     validate_trial(trial, problems)
     space = data.get("space")
@@ -420,22 +560,38 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
         space = {}
     if not isinstance(space, dict):
         problems.append(("space", f"must be a mapping of 'section.key' to a value or a "
-                                  f"distribution, but got {space!r}"))
+                                  f"distribution, but got {excerpt(space)}"))
         space = {}
     base: list[tuple[str, str]] = []
     validate_trial(trial, base)
     for key, spec in space.items():
-        _check_space_entry(trial, str(key), spec, problems, set(map(str, space)), base)
+        _check_space_entry(trial, _key(key), spec, problems, set(map(str, space)), base)
     objectives = _objectives(data.get("objectives"), problems)
     search = _search(data.get("search"), problems)
     storage = data.get("storage", "results")
     if not isinstance(storage, str) or not storage:
         problems.append(("storage", f"must be a path or an s3:// / gs:// URI, but got "
-                                    f"{storage!r}"))
+                                    f"{excerpt(storage)}"))
     if problems:
         raise ConfigError(source, problems)
     return SpaceFile(name=name, trial=trial, space=space, objectives=objectives, search=search,
                      storage=storage, source=source)
+
+
+def nothing_searched(spec: SpaceFile) -> str | None:
+    """Why ``sd-tune launch`` refuses ``spec``'s space, or None: a space that lists no
+    distribution makes every trial train the same settings.
+
+    >>> nothing_searched(space_from_dict({"space": {"train.lr": 0.2}}))[:45]
+    'space: lists no setting to search (only fixed'
+    """
+    if any(isinstance(v, dict) for v in spec.space.values()):
+        return None
+    what = "only fixed values" if spec.space else "it is empty"
+    return (f"space: lists no setting to search ({what}), so all {spec.search.num_samples} "
+            "trials would train the same settings; add a distribution (e.g. "
+            "stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}), or train the settings once "
+            "with `sd-tune train`")
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SpaceFile:
@@ -463,18 +619,23 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[t
         return
     if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTION_KINDS:
         problems.append((path, f"a distribution is one of {{uniform|loguniform|int|choice}}: "
-                               f"[...], but got {spec!r}"))
+                               f"[...], but got {excerpt(spec)}"))
         return
     kind, args = next(iter(spec.items()))
     if kind == "choice":
         if not isinstance(args, list) or not args:
-            problems.append((path, f"choice needs a non-empty list, but got {args!r}"))
+            problems.append((path, f"choice needs a non-empty list, but got {excerpt(args)}"))
+            return
+        if len(args) > MAX_CHOICES:
+            problems.append((path, f"choice takes at most {MAX_CHOICES} values (each is tried "
+                                   f"as a trial's setting), but got {len(args)}: "
+                                   f"{excerpt(args)}"))
             return
         values = args
     else:
         if (not isinstance(args, list) or len(args) != 2
                 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
-            problems.append((path, f"{kind} needs [low, high], but got {args!r}"))
+            problems.append((path, f"{kind} needs [low, high], but got {excerpt(args)}"))
             return
         low, high = args
         if not low <= high:
@@ -484,7 +645,7 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[t
             problems.append((path, f"loguniform needs low > 0, but got low={low}"))
             return
         if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
-            problems.append((path, f"int needs integer bounds, but got {args!r}"))
+            problems.append((path, f"int needs integer bounds, but got {excerpt(args)}"))
             return
         base_type = annotation.replace("| None", "").strip()
         if base_type in ("bool", "str"):
@@ -508,8 +669,8 @@ def _check_space_values(trial: TrialConfig, key: str, values: list[Any],
         candidate = trial_from_dict(apply_overrides(trial.to_dict(), {key: value}), sub)
         if not sub:
             validate_trial(candidate, sub)
-        found = [(f"space.{key}", f"value {value!r}: {msg}" if p == key
-                  else f"value {value!r}: makes {p} invalid: {msg}")
+        found = [(f"space.{key}", f"value {excerpt(value)}: {msg}" if p == key
+                  else f"value {excerpt(value)}: makes {p} invalid: {msg}")
                  for p, msg in sub if p == key or (p not in space_keys and (p, msg) not in base)]
         problems.extend(found)
         if found and first_only:
@@ -521,17 +682,18 @@ def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
         return [Objective("val_acc", "max"), Objective("train_time_s", "min")]
     if not isinstance(raw, list) or not raw:
         problems.append(("objectives", f"must be a non-empty list of {{metric, mode}}, but got "
-                                       f"{raw!r}"))
+                                       f"{excerpt(raw)}"))
         return []
     out = []
     reported = (*EPOCH_METRICS, *FINAL_METRICS)
     for i, item in enumerate(raw):
         path = f"objectives[{i}]"
         if not isinstance(item, dict) or set(item) != {"metric", "mode"}:
-            problems.append((path, f"must be {{metric: ..., mode: max|min}}, but got {item!r}"))
+            problems.append((path, f"must be {{metric: ..., mode: max|min}}, but got "
+                                   f"{excerpt(item)}"))
             continue
         if item["metric"] not in reported:
-            problems.append((f"{path}.metric", f"{item['metric']!r} is never reported; "
+            problems.append((f"{path}.metric", f"{excerpt(item['metric'])} is never reported; "
                                                f"reported metrics: {', '.join(reported)}"))
         _choice(problems, f"{path}.mode", item["mode"], ("max", "min"))
         out.append(Objective(item["metric"], item["mode"]))
@@ -541,13 +703,20 @@ def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
 def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
     raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
     if not isinstance(raw, dict):
-        problems.append(("search", f"must be a mapping, but got {raw!r}"))
+        problems.append(("search", f"must be a mapping, but got {excerpt(raw)}"))
         return SearchConfig()
     sched_raw = raw.pop("scheduler", None)
     search = _section(SearchConfig, raw, "search", problems)
     _choice(problems, "search.sampler", search.sampler, SAMPLERS)
     if search.num_samples < 1:
         problems.append(("search.num_samples", f"must be >= 1, but got {search.num_samples}"))
+    largest, why = LIMITS["search.num_samples"]
+    if search.num_samples > largest:
+        problems.append(("search.num_samples", f"must be <= {largest} ({why}), but got "
+                                               f"{excerpt(search.num_samples)}"))
+    if not 0 <= search.seed < SEED_LIMIT:
+        problems.append(("search.seed", f"`0 <= seed < 2**32` must hold, but got "
+                                        f"{excerpt(search.seed)}"))
     if search.max_concurrent_trials is not None and search.max_concurrent_trials < 1:
         problems.append(("search.max_concurrent_trials", f"must be >= 1 or null, but got "
                                                          f"{search.max_concurrent_trials}"))
@@ -556,7 +725,7 @@ def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
         _choice(problems, "search.scheduler.kind", sched.kind, ("asha",))
         _choice(problems, "search.scheduler.mode", sched.mode, ("max", "min"))
         if sched.metric not in EPOCH_METRICS:
-            problems.append(("search.scheduler.metric", f"{sched.metric!r} is not reported "
+            problems.append(("search.scheduler.metric", f"{excerpt(sched.metric)} is not reported "
                                                         f"every epoch; use one of "
                                                         f"{', '.join(EPOCH_METRICS)}"))
         if sched.grace_period < 1 or sched.reduction_factor < 2:

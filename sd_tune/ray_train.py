@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -221,6 +222,8 @@ def init_ray(address: str | None = None) -> None:
     for attempt in range(1, tries + 1):
         try:
             ray.init(address=address, **kwargs)
+            if address == "local":
+                private_token_file()
             return
         except ConnectionAbortedError as err:
             # Ray Client's proxy sometimes loses the race with the server process it starts
@@ -230,6 +233,57 @@ def init_ray(address: str | None = None) -> None:
             time.sleep(2.0)
         except (ConnectionError, TimeoutError, ray.exceptions.RayError) as err:
             raise _connect_error(address, err) from err
+
+
+DRIVER_LOG = "sd_tune_driver.log"
+
+
+def driver_log() -> Path:
+    """Send Ray Tune's and Train's log records in this (the driver's) process to a file in
+    Ray's log folder instead of the terminal, which gets sd-tune's own lines (a failed trial's
+    reason, one message for a full disk) rather than Ray's traceback walls; return the file."""
+    try:
+        folder = Path(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # Ray Client, or another Ray layout
+        folder = Path(tempfile.gettempdir())
+    path = folder / DRIVER_LOG
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("sd_tune_driver_log")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if h.get_name() == "sd_tune_driver_log"]:
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(handler)
+        logger.propagate = False
+    return path
+
+
+def private_token_file(path: Path | None = None) -> Path | None:
+    """Make Ray's token file (``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``) readable by
+    its owner only: Ray 2.60 writes it with mode 644, and whoever reads it can use the cluster.
+    Returns the file, or None where there is none (or it is not ours to change).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     token = Path(folder, "auth_token")
+    ...     _ = token.write_text("secret")
+    ...     token.chmod(0o644)
+    ...     _ = private_token_file(token)
+    ...     oct(token.stat().st_mode & 0o777)
+    '0o600'
+    """
+    if path is None:
+        named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        path = Path(named) if named else Path.home() / ".ray" / "auth_token"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+    except OSError:  # none there, or another user's
+        return None
+    return path
 
 
 def _connect_error(address: str, err: BaseException) -> ConnectionError:
@@ -244,15 +298,38 @@ def _connect_error(address: str, err: BaseException) -> ConnectionError:
         f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
 
 
-def _tail(path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], None]) -> None:
-    seen = 0
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a ``metrics.jsonl`` (a line still being written, or cut short by
+    a crash, is left out).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = Path(folder, "m.jsonl").write_text('{"epoch": 1}\\n{"epo')
+    ...     read_metrics(Path(folder, "m.jsonl"))
+    [{'epoch': 1}]
+    """
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().split("\n")[:-1]:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            out.append(row)
+    return out
+
+
+def _tail(path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], None],
+          seen: int) -> None:
+    """Emit every line appended to ``path`` after its first ``seen`` lines, until ``stop``."""
     while True:
         done = stop.is_set()
-        if path.exists():
-            lines = path.read_text().splitlines()
-            for line in lines[seen:]:
-                emit(json.loads(line))
-            seen = len(lines)
+        rows = read_metrics(path)
+        for row in rows[seen:]:
+            emit(row)
+        seen = max(seen, len(rows))
         if done:
             return
         time.sleep(0.5)
@@ -413,19 +490,19 @@ def fit_trial(trial: TrialConfig, *, storage: str, name: str, max_failures: int 
               emit: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """Run one trial with Ray Train (Ray must be initialised) and return Ray's ``Result``.
 
-    Metrics go to ``<storage>/<name>/metrics.jsonl`` and TensorBoard event files in the same
-    folder (a local mirror under ``results/<name>`` when ``storage`` is a URI); ``emit`` is
-    called in this process with each epoch's metrics as they arrive.
+    Metrics are appended to ``<storage>/<name>/metrics.jsonl`` and TensorBoard event files go
+    to the same folder (a local mirror under ``results/<name>`` when ``storage`` is a URI);
+    ``emit`` is called in this process with each new epoch's metrics as they arrive. A run of
+    the same name that is there already continues from its last checkpoint (Ray Train finds
+    it), and its earlier metrics stay.
     """
     root = storage_root(storage)
     out = run_dir(storage, name)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "metrics.jsonl"
-    if log.exists():
-        log.unlink()
     stop = threading.Event()
-    tail = threading.Thread(target=_tail, args=(log, stop, emit or (lambda m: None)),
-                            daemon=True)
+    tail = threading.Thread(target=_tail, args=(log, stop, emit or (lambda m: None),
+                                                len(read_metrics(log))), daemon=True)
     tail.start()
     try:
         trainer = make_trainer(trial, storage_path=root, name=name, max_failures=max_failures,

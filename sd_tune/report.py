@@ -3,7 +3,9 @@
 The input is a list of trial records, plain JSON-serialisable dicts handed over by the search
 layer::
 
-    {"trial_id": "a1b2c3d4", "status": "completed",  # or stopped_early, failed, running, pending
+    {"trial_id": "a1b2c3d4", "status": "completed",  # or stopped_early, failed, running,
+                                                      # pending, missing (its folder is gone),
+                                                      # abandoned (Tune no longer lists it)
      "params": {"stochastic_depth.drop_rate": 0.23, "model.depth": 20},  # the searched values
      "config": {...},           # optional: the full flat config
      "final": {"val_acc": 0.91, "train_time_s": 120.3, "test_acc": 0.90, ...},  # last report
@@ -13,7 +15,9 @@ layer::
 Only *completed* trials enter a Pareto front: a stopped-early, failed or running trial's last
 values are partial. Metrics that are missing, not numbers, or not finite (NaN, inf) count as
 missing everywhere. Nothing here imports Ray or torch: TensorBoard event files are written
-with TensorBoard's own event writer and protocol buffers.
+with TensorBoard's own event writer and protocol buffers. Every file is written in one step
+(a temporary file or folder, then a rename), so an interrupted report or a full disk leaves
+the previous report's files whole.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shlex
+import shutil
 import struct
 import time
 from collections import Counter
@@ -32,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from sd_tune.config import EPOCH_METRICS, FINAL_METRICS, Objective
+from sd_tune.storage import replace_file
 
 DEFAULT_OBJECTIVES = (Objective("val_acc", "max"), Objective("train_time_s", "min"))
-STATUSES = ("completed", "stopped_early", "failed", "running", "pending")
+STATUSES = ("completed", "stopped_early", "failed", "running", "pending", "missing",
+            "abandoned")
 MODES = ("max", "min")
 TENSORBOARD_DIR = "tensorboard"  # under the experiment folder
 FIXED_COLUMNS = ("trial_id", "status", "error")
@@ -353,15 +361,16 @@ def _write_csv(path: Path, records: Sequence[Record], objectives: Sequence[Objec
             return ""
         return json.dumps(value) if isinstance(value, (list, dict)) else value
 
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for rec in records:
-            params, final = _params(rec), _final(rec)
-            writer.writerow([rec["trial_id"], rec.get("status", ""),
-                             *(cell(params.get(k)) for k in pkeys),
-                             *(cell(final.get(m)) for m in mkeys),
-                             len(rec.get("history") or []), cell(rec.get("error"))])
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for rec in records:
+        params, final = _params(rec), _final(rec)
+        writer.writerow([rec["trial_id"], rec.get("status", ""),
+                         *(cell(params.get(k)) for k in pkeys),
+                         *(cell(final.get(m)) for m in mkeys),
+                         len(rec.get("history") or []), cell(rec.get("error"))])
+    replace_file(path, f.getvalue())
 
 
 def _front_entry(rank: int, rec: Mapping[str, Any], objectives: Sequence[Objective]) -> dict:
@@ -727,7 +736,7 @@ def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str,
     obj_json = [{"metric": o.metric, "mode": o.mode} for o in objs]
 
     def dump(path: Path, data: Any) -> None:
-        path.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
+        replace_file(path, json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
 
     _write_csv(paths["trials_csv"], records, objs)
     dump(paths["trials_json"], {"name": name, "objectives": obj_json, "trials": records})
@@ -736,12 +745,32 @@ def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str,
     dump(paths["time_to_accuracy_json"], {"metric": "val_acc", "time_key": "train_time_s",
                                           "points": tta})
     summary = summary_markdown(location or exp_dir, name, records, objs, front, tta)
-    paths["summary_md"].write_text(summary)
+    replace_file(paths["summary_md"], summary)
     png = _figure_png(records, objs, front, tta) if figure else None
     if png is not None:
         paths["figure_png"] = exp_dir / "pareto.png"
-        paths["figure_png"].write_bytes(png)
+        replace_file(paths["figure_png"], png)
     if tensorboard:
         paths["tensorboard"] = exp_dir / TENSORBOARD_DIR
-        _write_tensorboard(paths["tensorboard"], name, records, objs, summary, png)
+        _replace_tensorboard(paths["tensorboard"], name, records, objs, summary, png)
     return paths
+
+
+def _replace_tensorboard(tb_dir: Path, name: str, records: Sequence[Record],
+                         objectives: Sequence[Objective], summary: str,
+                         png: bytes | None) -> None:
+    """Write the TensorBoard entries into a new folder beside ``tb_dir``, then put it in
+    ``tb_dir``'s place: the old entries stay whole until the new ones are."""
+    for leftover in tb_dir.parent.glob(f".{tb_dir.name}.*"):  # of a report that was cut off
+        if time.time() - leftover.stat().st_mtime > 600:
+            shutil.rmtree(leftover, ignore_errors=True)
+    new = tb_dir.with_name(f".{tb_dir.name}.new-{os.getpid()}")
+    old = tb_dir.with_name(f".{tb_dir.name}.old-{os.getpid()}")
+    try:
+        _write_tensorboard(new, name, records, objectives, summary, png)
+        if tb_dir.exists():
+            tb_dir.rename(old)
+        new.rename(tb_dir)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -4,15 +4,28 @@ Each Tune trial is a function that builds a ``TorchTrainer`` (Train V2) named af
 trial id, with ``TuneReportCallback``; a restored experiment therefore finds each unfinished
 trial's Train checkpoints. Tune does not see the workers' resources, so concurrency is set
 from them here.
+
+Besides Tune's files, an experiment folder holds sd-tune's own record (``sd_tune/``): each
+finished trial's record (``sd_tune/trials/<id>.json``), a copy of the space file
+(``sd_tune/space.json``) and of Tune's last good state (``sd_tune/tune_state.json``), each
+written in one step. ``report`` reads only plain data (JSON, text): the records, Tune's trial
+folders and the trial list of Tune's state file, never its pickles. ``resume`` hands the
+folder to ``Tuner.restore``, which does unpickle Tune's state: resume only experiments you
+(or people you trust) wrote.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import fnmatch
 import json
 import math
 import os
+import pickletools
+import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,17 +43,37 @@ from sd_tune import storage as store
 from sd_tune.config import (
     EPOCH_METRICS,
     FINAL_METRICS,
+    ConfigError,
     SpaceFile,
     TrialConfig,
     apply_overrides,
+    excerpt,
     make_trial,
     space_from_dict,
 )
 
 SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
+OWN_DIR = "sd_tune"  # sd-tune's own record in an experiment folder
+RECORDS_DIR = f"{OWN_DIR}/trials"  # <trial id>.json: each finished trial, written at its end
+SPEC_COPY = f"{OWN_DIR}/space.json"  # a second copy of SPEC_FILE
+STATE_COPY = f"{OWN_DIR}/tune_state.json"  # Tune's last good state, for resume
+# Tune's files that ``Tuner.restore`` needs, by kind (<session> is the run's start time).
+TUNE_STATE = {"experiment_state": "experiment_state-*.json",
+              "search_gen_state": "search_gen_state-*.json",
+              "searcher_state": "searcher-state-*.pkl"}
+TUNER_PKL = "tuner.pkl"
 # What reporting an experiment at a URI leaves out of its local copy: the Train runs and
-# checkpoints (ImageNet ones are 100s of MB each) and the TensorBoard files.
-REPORT_SKIPS = ("train_runs", "checkpoint_*", "tensorboard", "events.out.tfevents.*")
+# checkpoints (ImageNet ones are 100s of MB each), the TensorBoard files, and what reporting
+# never reads (pickles, the state copy, the lock).
+REPORT_SKIPS = ("train_runs", "checkpoint_*", "tensorboard", "events.out.tfevents.*", "*.pkl",
+                "search_gen_state-*", "tune_state.json", store.LOCK_FILE, "*.set-aside-*")
+# Largest files that report and resume read: far above real ones, so a planted or damaged
+# file cannot exhaust memory.
+MAX_STATE_BYTES = 512 * 2**20  # Tune's state of ~50,000 trials
+MAX_TRIAL_FILE_BYTES = 64 * 2**20  # a trial's result.json (~2 KB an epoch), error.txt, record
+_TRIAL_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
+# Set in the driver when a write to the storage failed for lack of space; the search stops.
+STORAGE_FULL = threading.Event()
 TRIAL_DRIVER_MEMORY = 64 * 1024**2  # bytes of Ray's logical memory resource per Tune trial
 
 
@@ -315,26 +348,410 @@ class Progress(tune.Callback):
 
 def trial_error(trial: Any) -> str:
     """The last line of a Tune trial's error (its root cause), or ''."""
+    return _last_error_line(_error_text(trial))
+
+
+def _error_text(trial: Any) -> str:
+    """A Tune trial's whole error text (its ``error.txt``), or ''."""
     paths = []
     # The driver's staging copy, written first (Ray 2.60 asserts a running Ray for it).
     with contextlib.suppress(AssertionError, AttributeError):
         paths.append(trial.error_file)
     if getattr(trial, "path", None):  # the stored copy (a local experiment or a copy of one)
         paths.append(str(Path(trial.path) / "error.txt"))
-    text = next((Path(p).read_text() for p in paths if p and Path(p).is_file()), "")
+    for p in paths:
+        with contextlib.suppress(OSError):
+            if p and Path(p).is_file():
+                return _read_local(Path(p)).decode(errors="replace")
+    return ""
+
+
+def _last_error_line(text: str) -> str:
+    """The root cause in an error text: its last line that is not part of a stack."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()
              and not ln.startswith(("Traceback", "  ", "The above exception"))]
-    return lines[-1] if lines else ""
+    line = lines[-1] if lines else ""
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+def _read_local(path: Path, limit: int = MAX_TRIAL_FILE_BYTES) -> bytes:
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise store.TooLarge(f"{path} is larger than {limit:,} bytes")
+    return data
+
+
+# --------------------------------------------------------------------------- the space file
+
+
+class SpecError(ValueError):
+    """An experiment's saved space file cannot be read; the message says why and what to do."""
 
 
 def save_spec(spec: SpaceFile, exp_dir: str, raw: dict[str, Any]) -> None:
-    store.write_text(store.join(exp_dir, SPEC_FILE),
-                     json.dumps({"raw": raw, "source": spec.source}, indent=2))
+    """Save the resolved space file (and a second copy under ``sd_tune/``) for resume and
+    report."""
+    text = json.dumps({"raw": raw, "source": spec.source}, indent=2)
+    store.write_text(store.join(exp_dir, SPEC_FILE), text)
+    store.write_text(store.join(exp_dir, SPEC_COPY), text)
 
 
-def load_spec(exp_dir: str) -> tuple[SpaceFile, dict[str, Any]]:
-    saved = json.loads(store.read_text(store.join(exp_dir, SPEC_FILE)))
-    return space_from_dict(saved["raw"], saved["source"]), saved["raw"]
+def load_spec(exp_dir: str,
+              notes: list[str] | None = None) -> tuple[SpaceFile, dict[str, Any]]:
+    """The experiment's space file as saved at launch; its copy under ``sd_tune/`` when the
+    first cannot be read (then a line saying so goes to ``notes``). :class:`SpecError` when
+    neither can."""
+    problems = []
+    for name in (SPEC_FILE, SPEC_COPY):
+        try:
+            saved = json.loads(store.read_bytes(store.join(exp_dir, name), limit=2**20))
+            spec = space_from_dict(saved["raw"], str(saved["source"]))
+        except FileNotFoundError:
+            problems.append(f"{name}: not there")
+            continue
+        except ConfigError as err:
+            problems.append(f"{name}: {len(err.problems)} invalid setting(s), the first: "
+                            f"{err.problems[0][0]}: {err.problems[0][1][:120]}")
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            why = "not valid JSON" if isinstance(err, ValueError) else excerpt(str(err))
+            problems.append(f"{name}: {why if not isinstance(err, KeyError) else 'incomplete'}")
+            continue
+        if problems and notes is not None:
+            notes.append(f"{SPEC_FILE} cannot be read ({problems[0].split(': ', 1)[1]}); used "
+                         f"its copy {SPEC_COPY}")
+        return spec, saved["raw"]
+    raise SpecError(f"the experiment's saved space file cannot be read ({'; '.join(problems)}): "
+                    f"it holds the experiment's settings and objectives, written at launch. "
+                    f"Put back {SPEC_FILE} from a backup of {exp_dir}, or launch the search "
+                    f"again under a new --name")
+
+
+# --------------------------------------------------------------------------- own records
+
+
+def _record(trial_id: str, params: dict[str, Any], base: dict[str, Any],
+            history: list[dict[str, Any]], tune_status: str, error: str | None) -> dict[str, Any]:
+    """A plain trial record (see ``sd_tune.report``), its status from Tune's and the epochs
+    reached; ``logdir`` is added by the reader."""
+    config = apply_overrides(base, params)
+    epochs = int(config.get("train", {}).get("epochs", 0) or 0)
+    final = history[-1] if history else {}
+    if tune_status == "ERROR":
+        status = "failed"
+    elif tune_status == "TERMINATED":
+        status = "completed" if int(final.get("epoch", 0)) >= epochs else "stopped_early"
+    else:
+        status = "running" if tune_status == "RUNNING" else "pending"
+    flat = {f"{s}.{k}": v for s, sec in config.items()
+            if isinstance(sec, dict) for k, v in sec.items()}
+    return {"trial_id": trial_id, "status": status, "params": params, "config": flat,
+            "final": {k: v for k, v in final.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "history": history, "error": error or None,
+            "worker_node_ids": _node_ids(final.get("worker_node_ids"))}
+
+
+class TrialRecords(tune.Callback):
+    """Writes each trial's record to ``sd_tune/trials/<trial id>.json`` when it ends
+    (completed, stopped early or failed), in one step; and a copy of Tune's state each time
+    Tune saves it in the driver (``sd_tune/tune_state.json``), so that a truncated state file
+    loses nothing. A write that fails for lack of space sets :data:`STORAGE_FULL` (the search
+    then stops)."""
+
+    def __init__(self, spec: SpaceFile, exp_dir: str,
+                 emit: Callable[[str], None] = print) -> None:
+        self.exp_dir = exp_dir
+        self.base = base_config(spec)
+        self.emit = emit
+        self.history: dict[str, dict[int, dict[str, Any]]] = {}
+        self.warned = False
+        self.copied: tuple[str, int] | None = None  # the state file copied last, its mtime
+        self.tuner: bytes | None = None  # tuner.pkl, written once when the run starts
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a restored run copies its own state anew
+        return {**self.__dict__, "copied": None, "tuner": None}
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if trials:
+            self._copy_state(trials[0])
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict,
+                        **info: Any) -> None:
+        rows = self.history.setdefault(trial.trial_id, {})
+        row = {k: result[k] for k in _KEEP if k in result}
+        rows[int(row.get("epoch", len(rows) + 1))] = row  # a replayed epoch replaces itself
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        self._write(trial, "TERMINATED", None)
+        self._copy_state(trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        text = _error_text(trial)
+        if store.is_disk_full(OSError(text)):
+            STORAGE_FULL.set()
+        self._write(trial, "ERROR", _last_error_line(text))
+        self._copy_state(trial)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        if trials:
+            self._copy_state(trials[0])
+
+    def _write(self, trial: Any, status: str, error: str | None) -> None:
+        params = {k: v for k, v in (trial.config or {}).items() if "." in k}
+        history = [row for _, row in sorted(self.history.get(trial.trial_id, {}).items())]
+        record = _record(trial.trial_id, params, self.base, history, status, error)
+        self._put(store.join(self.exp_dir, RECORDS_DIR, f"{trial.trial_id}.json"),
+                  json.dumps(record, default=str).encode())
+
+    def _copy_state(self, trial: Any) -> None:
+        """Copy Tune's state from the driver's staging folder (Tune writes it there whole,
+        in this thread) when it changed since the last copy and every file of it reads back
+        whole."""
+        try:
+            staging = trial.storage.experiment_driver_staging_path
+            files = _newest_state(sorted(os.listdir(staging)))
+            if files is None:
+                return
+            stamp = (files["experiment_state"],
+                     os.stat(Path(staging, files["experiment_state"])).st_mtime_ns)
+        except (AttributeError, RuntimeError, OSError):
+            return
+        if stamp == self.copied:
+            return
+        data = {}
+        for kind, name in files.items():
+            try:
+                content = _read_local(Path(staging, name), MAX_STATE_BYTES)
+            except OSError:
+                return
+            if _state_problem(kind, content) is not None:
+                return
+            data[name] = content
+        if self.tuner is None:
+            with contextlib.suppress(OSError, ValueError):
+                tuner = store.read_bytes(store.join(self.exp_dir, TUNER_PKL), MAX_STATE_BYTES)
+                if _state_problem("tuner", tuner) is None:
+                    self.tuner = tuner
+        if self.tuner is not None:
+            data[TUNER_PKL] = self.tuner
+        payload = {"saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   "files": {n: base64.b64encode(c).decode() for n, c in data.items()}}
+        if self._put(store.join(self.exp_dir, STATE_COPY), json.dumps(payload).encode()):
+            self.copied = stamp
+
+    def _put(self, location: str, data: bytes) -> bool:
+        try:
+            store.write_bytes(location, data)
+        except (OSError, ValueError) as err:
+            if store.is_disk_full(err):
+                STORAGE_FULL.set()
+            if not self.warned:
+                self.warned = True
+                self.emit(f"sd-tune could not write {location}: {excerpt(str(err))[1:-1]}")
+            return False
+        return True
+
+
+class StopWhenStorageFull(tune.Stopper):
+    """Ends the whole search once a write to the storage failed for lack of space: every
+    further trial would fail the same way."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return STORAGE_FULL.is_set()
+
+
+# --------------------------------------------------------------------------- Tune's state
+
+
+def _newest_state(names: list[str]) -> dict[str, str] | None:
+    """``{kind: file name}`` of the newest session's state files among ``names`` (Tune
+    restores the newest ``experiment_state-*.json``), or None when there is none."""
+    states = sorted(fnmatch.filter(names, TUNE_STATE["experiment_state"]))
+    if not states:
+        return None
+    session = states[-1][len("experiment_state-"):-len(".json")]
+    return {kind: pattern.replace("*", session) for kind, pattern in TUNE_STATE.items()}
+
+
+def _state_problem(kind: str, data: bytes) -> str | None:
+    """Why a state file cannot be what Tune restores from (truncated, empty), or None.
+    Checked without running anything: JSON is parsed, a pickle's opcodes only walked."""
+    if not data:
+        return "empty"
+    if kind == "experiment_state":
+        try:
+            state = json.loads(data)
+        except ValueError:
+            return f"not valid JSON ({len(data):,} bytes: cut short?)"
+        ok = isinstance(state, dict) and isinstance(state.get("trial_data"), list)
+        return None if ok and "runner_data" in state else "not a Tune experiment state"
+    last = None
+    try:
+        for opcode, _, pos in pickletools.genops(data):
+            last = (opcode.name, pos)
+    except Exception:  # genops raises ValueError and others on cut-off data
+        return f"not a whole pickle ({len(data):,} bytes: cut short?)"
+    if last is None or last[0] != "STOP" or last[1] != len(data) - 1:
+        return f"not a whole pickle ({len(data):,} bytes)"
+    return None
+
+
+class StateError(Exception):
+    """Tune's state cannot be restored; the message says what is kept and what to do."""
+
+
+def _root_state_problem(exp_dir: str, files: dict[str, str]) -> str | None:
+    for kind, name in [*files.items(), ("tuner", TUNER_PKL)]:
+        try:
+            data = store.read_bytes(store.join(exp_dir, name), MAX_STATE_BYTES)
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError) as err:
+            return f"{name} cannot be read ({excerpt(str(err))[1:-1]})"
+        if (problem := _state_problem(kind, data)) is not None:
+            return f"{name} is {problem}"
+    return None
+
+
+def _state_copy(exp_dir: str) -> tuple[str, dict[str, bytes]] | None:
+    """sd-tune's copy of Tune's last good state: (when it was saved, {name: bytes}), or None
+    when there is none whole."""
+    try:
+        payload = json.loads(store.read_bytes(store.join(exp_dir, STATE_COPY), MAX_STATE_BYTES))
+        files = {str(n): base64.b64decode(c) for n, c in payload["files"].items()}
+        saved = str(payload["saved"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    kinds = {n: k for n in files for k, pat in [*TUNE_STATE.items(), ("tuner", TUNER_PKL)]
+             if fnmatch.fnmatch(n, pat)}
+    if sorted(kinds.values()) not in (sorted(TUNE_STATE), sorted([*TUNE_STATE, "tuner"])):
+        return None
+    if any(_state_problem(kinds[n], c) is not None for n, c in files.items()):
+        return None
+    return saved, files
+
+
+def check_state(exp_dir: str, finished: int = 0) -> str | None:
+    """Make sure ``Tuner.restore`` finds a whole state in ``exp_dir`` before it is called.
+
+    Returns None when Tune's newest state reads back whole; a note when it did not and
+    sd-tune's copy of the last good state (or an older whole session of Tune's) was put in
+    its place (the files it replaces are kept, renamed ``<name>.set-aside-<time>``). Raises
+    :class:`StateError` when there is nothing whole to restore from; then nothing is changed.
+    ``finished``: how many finished trials sd-tune's records hold, for the message.
+    """
+    names = store.list_files(exp_dir)
+    newest = _newest_state(names)
+    problem = "no experiment_state-*.json" if newest is None else \
+        _root_state_problem(exp_dir, newest)
+    if problem is None:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def set_aside(files: list[str]) -> list[str]:
+        moved = []
+        for name in files:
+            if name in names:
+                store.move(store.join(exp_dir, name),
+                           store.join(exp_dir, f"{name}.set-aside-{stamp}"))
+                moved.append(name)
+        return moved
+
+    copy = _state_copy(exp_dir)
+    if copy is not None:
+        saved, files = copy
+        copied = _newest_state(list(files))
+        assert copied is not None
+        newer = [n for n in fnmatch.filter(names, TUNE_STATE["experiment_state"])
+                 if n >= copied["experiment_state"]]
+        stale = [f for n in newer for f in (_newest_state([n]) or {}).values()]
+        if TUNER_PKL in files:
+            stale.append(TUNER_PKL)
+        moved = set_aside(sorted(set(stale)))
+        for name, content in files.items():
+            store.write_bytes(store.join(exp_dir, name), content)
+        return (f"Tune's state could not be restored ({problem}); restored the copy sd-tune "
+                f"kept at {saved}" + (f" (the files it replaces are kept as "
+                                      f"<name>.set-aside-{stamp})" if moved else ""))
+    sessions = sorted(fnmatch.filter(names, TUNE_STATE["experiment_state"]), reverse=True)
+    for name in sessions[1:]:
+        files = _newest_state([name])
+        assert files is not None
+        if _root_state_problem(exp_dir, files) is None:
+            stale = [f for n in sessions if n > name for f in (_newest_state([n]) or {}).values()]
+            set_aside(sorted(set(stale)))
+            return (f"Tune's newest state could not be restored ({problem}); restored the "
+                    f"older {name} (the newer files are kept as <name>.set-aside-{stamp})")
+    raise StateError(
+        f"cannot resume {exp_dir}: Tune's state could not be restored ({problem}), and no "
+        f"whole copy of it is there; nothing was changed. The {finished} finished trial(s) "
+        f"that sd-tune recorded are kept: `sd-tune report {exp_dir}` lists them. To run the "
+        f"rest, start a new experiment (sd-tune launch --name NEW)")
+
+
+def disk_full_failures(exp_dir: str) -> list[str]:
+    """Trials that Tune's state lists as failed because the storage was full (their
+    ``error.txt`` says so): ``resume`` runs them again."""
+    out = []
+    for trial in _state_trials(exp_dir)[0]:
+        if trial["status"] != "ERROR":
+            continue
+        try:
+            text = store.read_bytes(store.join(exp_dir, f"trial_{trial['trial_id']}",
+                                               "error.txt"), MAX_TRIAL_FILE_BYTES)
+        except (OSError, ValueError):
+            continue
+        if store.is_disk_full(OSError(text.decode(errors="replace"))):
+            out.append(trial["trial_id"])
+    return out
+
+
+def _state_trials(folder: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The trials Tune's newest readable state file lists, as ``{"trial_id", "status",
+    "config"}``, read as plain JSON (the pickles in it are never decoded), and a note when
+    the newest one cannot be read."""
+    names = sorted(fnmatch.filter(store.list_files(folder), TUNE_STATE["experiment_state"]),
+                   reverse=True)
+    note = None
+    for name in names:
+        try:
+            state = json.loads(store.read_bytes(store.join(folder, name), MAX_STATE_BYTES))
+            entries = state["trial_data"]
+            trials = []
+            for entry in entries:
+                data = json.loads(entry[0])
+                trial_id = data.get("trial_id")
+                if not isinstance(trial_id, str) or not _TRIAL_ID.fullmatch(trial_id):
+                    continue
+                config = data.get("config")
+                config = {k: v for k, v in config.items() if "." in k and _plain(v)} \
+                    if isinstance(config, dict) else {}
+                trials.append({"trial_id": trial_id, "status": str(data.get("status")),
+                               "config": config})
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            why = "not valid JSON: cut short?" if isinstance(err, ValueError) else \
+                "not a Tune experiment state"
+            note = note or f"Tune's state {name} cannot be read ({why})"
+            continue
+        return trials, note
+    return [], note
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a plain JSON scalar or list of them (not an encoded object)."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+# --------------------------------------------------------------------------- running
 
 
 class ScalarsOnlyTBX(TBXLoggerCallback):
@@ -353,14 +770,41 @@ def _tune_settings() -> None:
     # Tune's default loggers, listed in tune_run_config so that its TensorBoard one can leave
     # HParams out.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    ray_train.driver_log()
 
 
 def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
     _tune_settings()
     loggers = [JsonLoggerCallback(), CSVLoggerCallback(), ScalarsOnlyTBX()]
     return tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
-                          callbacks=[*loggers, *callbacks],
+                          callbacks=[*loggers, *callbacks], stop=StopWhenStorageFull(),
                           failure_config=tune.FailureConfig(max_failures=0))
+
+
+class SearchFailed(Exception):
+    """Tune stopped with an error that is not a full disk; the message is its root cause."""
+
+
+def _fit(tuner: tune.Tuner, exp_dir: str) -> None:
+    """``tuner.fit()``; a full storage ends in :class:`store.StorageFull`, any other error in
+    :class:`SearchFailed`, each with one line."""
+    STORAGE_FULL.clear()
+    try:
+        tuner.fit()
+    except Exception as err:
+        if STORAGE_FULL.is_set() or store.is_disk_full(err):
+            raise store.StorageFull(_full_message(exp_dir)) from err
+        raise SearchFailed(ray_train.root_cause(err)) from err
+    if STORAGE_FULL.is_set():
+        raise store.StorageFull(_full_message(exp_dir))
+
+
+def _full_message(exp_dir: str) -> str:
+    root = store.parent(exp_dir)
+    return (f"the storage {root} is full ({store.free_space(root)}): the search stopped. "
+            f"Everything written before is kept (each finished trial's record is in "
+            f"{store.join(exp_dir, RECORDS_DIR)}); free some space, then continue with "
+            f"`sd-tune resume {exp_dir}`")
 
 
 def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
@@ -384,32 +828,44 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
             search_alg=make_searcher(spec), scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples, max_concurrent_trials=max(slots, 1),
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune_run_config(spec, root, [Progress(spec, emit)]),
+        run_config=tune_run_config(spec, root, [Progress(spec, emit),
+                                                TrialRecords(spec, exp_dir, emit)]),
     )
-    tuner.fit()
+    _fit(tuner, exp_dir)
     return exp_dir
 
 
 def resume_search(exp_dir: str, spec: SpaceFile, *, emit: Callable[[str], None] = print,
                   max_failures: int = 1) -> str:
     """Continue the interrupted experiment at ``exp_dir`` (an absolute path or a URI), whose
-    saved space is ``spec`` (``load_spec``): finished trials stay, unfinished ones continue
-    from their checkpoints, the searcher keeps its state (so the total stays
-    ``num_samples``)."""
+    saved space is ``spec`` (``load_spec``) and whose state ``check_state`` has checked:
+    finished trials stay, unfinished ones continue from their checkpoints, the searcher keeps
+    its state (so the total stays ``num_samples``). Trials that failed because the storage
+    was full run again from their last checkpoint (and with them any other failed trial:
+    Tune resumes failed trials all or none)."""
     root = store.parent(exp_dir)
     emit(f"resuming experiment {spec.name} in {exp_dir}")
+    full = disk_full_failures(exp_dir)
+    if full:
+        emit(f"{len(full)} trial(s) failed on the full storage; they run again")
     _tune_settings()  # the restored run config brings the loggers and callbacks, not these
     tuner = tune.Tuner.restore(exp_dir, trainable=trainable(spec, root, max_failures),
-                               resume_unfinished=True, resume_errored=False,
+                               resume_unfinished=True, resume_errored=bool(full),
                                restart_errored=False)
-    tuner.fit()  # Tune restores the run config, callbacks (Progress) included
+    _fit(tuner, exp_dir)  # Tune restores the run config, callbacks (Progress) included
     return exp_dir
 
 
-def collect_records(exp_dir: str) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------- reading
+
+
+def collect_records(exp_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Every trial of a stored experiment (a folder or a URI) as a plain record (see
-    ``sd_tune.report``). An experiment at a URI is read from a temporary local copy of its
-    small files (``REPORT_SKIPS`` left out); the records' ``logdir`` name the URI's folders."""
+    ``sd_tune.report``), and a line for each thing that could not be read (the records leave
+    out what it held). Only plain data is read: sd-tune's records, Tune's trial folders
+    (``result.json``, ``params.json``, ``error.txt``) and the trial list of Tune's state, never
+    a pickle. An experiment at a URI is read from a temporary local copy of its small files
+    (``REPORT_SKIPS`` left out); the records' ``logdir`` name the URI's folders."""
     if not store.is_uri(exp_dir):
         return _records(exp_dir, exp_dir)
     with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
@@ -418,37 +874,94 @@ def collect_records(exp_dir: str) -> list[dict[str, Any]]:
         return _records(str(copy), exp_dir)
 
 
-def _records(folder: str, location: str) -> list[dict[str, Any]]:
-    """The records of the experiment in the local ``folder``, stored at ``location``."""
-    from ray.tune import ExperimentAnalysis
+def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """sd-tune's records of finished trials in an experiment folder, and the unreadable ones."""
+    out, unreadable = {}, []
+    for name in store.list_files(store.join(folder, RECORDS_DIR)):
+        trial_id = name[:-len(".json")] if name.endswith(".json") else ""
+        if not _TRIAL_ID.fullmatch(trial_id):
+            continue
+        try:
+            record = json.loads(store.read_bytes(store.join(folder, RECORDS_DIR, name),
+                                                 MAX_TRIAL_FILE_BYTES))
+            if not isinstance(record, dict) or record.get("trial_id") != trial_id:
+                raise ValueError("not a trial record")
+        except (OSError, ValueError) as err:
+            unreadable.append(f"{RECORDS_DIR}/{name}: {excerpt(str(err))[1:-1]}")
+            continue
+        out[trial_id] = record
+    return out, unreadable
 
+
+def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of the experiment in the local ``folder``, stored at ``location``."""
     spec, _ = load_spec(folder)
     base = base_config(spec)
-    analysis = ExperimentAnalysis(folder)
+    finished, unreadable = finished_records(folder)
+    tune_trials, note = _state_trials(folder)
+    listed = {t["trial_id"]: t for t in tune_trials}
+    on_disk = sorted(p.name[len("trial_"):] for p in Path(folder).glob("trial_*")
+                     if p.is_dir() and _TRIAL_ID.fullmatch(p.name[len("trial_"):]))
+    ids = list(dict.fromkeys([*listed, *sorted(finished), *on_disk]))
+    if note and (not finished or set(on_disk) - set(finished)):
+        unreadable.append(note)  # the status of trials without a record is a guess
     records = []
-    for t in analysis.trials:
-        params = {k: v for k, v in t.config.items() if "." in k}
-        history = _history(Path(t.path))
-        config = apply_overrides(base, params)
-        epochs = int(config["train"].get("epochs", 0) or 0)
-        final = history[-1] if history else {}
-        if t.status == "ERROR":
-            status = "failed"
-        elif t.status == "TERMINATED":
-            status = "completed" if int(final.get("epoch", 0)) >= epochs else "stopped_early"
+    for trial_id in ids:
+        trial_dir = Path(folder, f"trial_{trial_id}")
+        if trial_id in finished:
+            record = dict(finished[trial_id])
         else:
-            status = "running" if t.status == "RUNNING" else "pending"
-        flat = {f"{s}.{k}": v for s, sec in config.items()
-                if isinstance(sec, dict) for k, v in sec.items()}
-        records.append({
-            "trial_id": t.trial_id, "status": status, "params": params, "config": flat,
-            "final": {k: v for k, v in final.items() if isinstance(v, (int, float))},
-            "history": history, "error": trial_error(t) or None,
-            "logdir": store.join(location, Path(t.path).name) if location != folder
-            else str(t.path),
-            "worker_node_ids": _node_ids(final.get("worker_node_ids")),
-        })
-    return records
+            history, problem = _history(trial_dir)
+            if problem:
+                unreadable.append(problem)
+            tune = listed.get(trial_id)
+            params = tune["config"] if tune else _params_json(trial_dir)
+            if tune is None:  # not in a readable state: judge by the epochs it reported
+                status = "TERMINATED" if history and "test_acc" in history[-1] else "RUNNING"
+            else:
+                status = tune["status"]
+            error = _error_txt(trial_dir) if status == "ERROR" else None
+            record = _record(trial_id, params, base, history, status, error)
+            if not trial_dir.is_dir() and status in ("TERMINATED", "ERROR"):
+                record["status"] = "missing"
+                record["error"] = (f"its folder trial_{trial_id} is gone (deleted?) and sd-tune "
+                                   "has no record of it: its results are lost")
+            elif (tune is None and listed and record["status"] == "running"
+                  and _older_than_state(trial_dir, folder)):
+                record["status"] = "abandoned"
+                record["error"] = ("Tune's state does not list it (the state was restored from "
+                                   "an earlier copy), so the search will not continue it; the "
+                                   "epochs it reported are kept here")
+        record["logdir"] = (store.join(location, trial_dir.name) if location != folder
+                            else str(trial_dir))
+        records.append(record)
+    return records, unreadable
+
+
+def _older_than_state(trial_dir: Path, folder: str) -> bool:
+    """Whether Tune saved its newest state after ``trial_dir`` was last changed (so a trial
+    that the state does not list is not merely newer than the state)."""
+    states = sorted(Path(folder).glob(TUNE_STATE["experiment_state"]))
+    try:
+        return bool(states) and states[-1].stat().st_mtime > trial_dir.stat().st_mtime
+    except OSError:
+        return False
+
+
+def _params_json(trial_dir: Path) -> dict[str, Any]:
+    try:
+        params = json.loads(_read_local(trial_dir / "params.json"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in params.items() if "." in k and _plain(v)} \
+        if isinstance(params, dict) else {}
+
+
+def _error_txt(trial_dir: Path) -> str | None:
+    try:
+        return _last_error_line(_read_local(trial_dir / "error.txt").decode(errors="replace"))
+    except OSError:
+        return None
 
 
 def _node_ids(value: Any) -> list[str]:
@@ -461,13 +974,28 @@ def _node_ids(value: Any) -> list[str]:
 _KEEP = (*EPOCH_METRICS, *FINAL_METRICS, "worker_node_ids")
 
 
-def _history(trial_dir: Path) -> list[dict[str, Any]]:
+def _history(trial_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The epoch reports in a trial folder's ``result.json``, and why some could not be read
+    (a line cut short, a file too large), or None."""
     path = trial_dir / "result.json"
     if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+        return [], None
+    try:
+        text = _read_local(path).decode(errors="replace")
+    except (OSError, ValueError) as err:
+        return [], f"{trial_dir.name}/result.json: {excerpt(str(err))[1:-1]}"
+    out, bad = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            out.append({k: row[k] for k in _KEEP if k in row})
-    return out
+            if not isinstance(row, dict):
+                raise ValueError
+        except ValueError:
+            bad.append(number)
+            continue
+        out.append({k: row[k] for k in _KEEP if k in row})
+    problem = (f"{trial_dir.name}/result.json: line {bad[0]} is not valid JSON (cut short?); "
+               f"{len(out)} epoch report(s) read" if bad else None)
+    return out, problem

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -63,11 +64,12 @@ __all__ = [
     "stochastic_depth_from_config",
 ]
 
-#: The file a checkpoint folder holds (a ``torch.save`` of a dict).
+#: The file a checkpoint folder holds (a ``torch.save`` of a dict of tensors and plain data,
+#: loaded with ``weights_only=True``: reading a checkpoint never runs code).
 CHECKPOINT_FILE = "checkpoint.pt"
 #: Metrics that depend on wall-clock time (they differ between otherwise identical runs).
 TIMING_METRICS = ("train_time_s", "wall_time_s", "images_per_s")
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2  # 1: RNG states as numpy arrays and tuples, which need unpickling
 
 Report = Callable[[dict[str, float], "str | None"], None]
 
@@ -180,16 +182,33 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`run_trial` (a folder or the file itself) to CPU."""
+    """Read a checkpoint written by :func:`run_trial` (a folder or the file itself) to CPU.
+
+    Only tensors and plain data are read (``torch.load(weights_only=True)``): a file that
+    holds other Python objects, such as a checkpoint of sd-tune's format 1 or one planted in
+    the storage, raises ``ValueError`` and nothing in it runs.
+    """
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"No sd-tune checkpoint at {file}: a checkpoint folder holds "
                                 f"{CHECKPOINT_FILE} (written by run_trial's report)")
-    # weights_only=False: the file holds numpy and python RNG states; we wrote it ourselves.
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        why = why if len(why) <= 160 else why[:157] + "..."
+        raise ValueError(
+            f"{file} is not a checkpoint sd-tune can load: sd-tune reads only tensors and plain "
+            f"data from checkpoints, so that loading one never runs code, and this file holds "
+            f"something else ({why}). It was written by an sd-tune older than checkpoint "
+            f"format {_CHECKPOINT_FORMAT}, or not by sd-tune: train the run again under a new "
+            f"name") from None
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"{file} is not an sd-tune checkpoint of format {_CHECKPOINT_FORMAT}")
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{file} is not an sd-tune checkpoint of format {_CHECKPOINT_FORMAT} "
+                         f"(format: {str(got)[:40]}); train the run again under a new name")
     return state
 
 
@@ -204,8 +223,18 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
+    """Every RNG's state as tensors and plain data (loadable with ``weights_only=True``).
+
+    >>> state = _rng_state(torch.device("cpu"))
+    >>> sorted(state), type(state["numpy"]["state"]).__name__
+    (['numpy', 'python', 'torch'], 'Tensor')
+    """
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"key": str(key), "state": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+             "python": [int(version), list(internal), gauss_next]}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -213,8 +242,11 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,26 @@ def _run_two_ranks(target: Callable[..., None], *args: object) -> None:
 def run_two_ranks() -> Callable[..., None]:
     """Runs a module-level function as two DDP ranks (see ``_run_two_ranks``)."""
     return _run_two_ranks
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``tmpfs(size="1m", options="")`` mounts a new tmpfs of that size (read-only with
+    ``options="ro"``) under ``tmp_path`` and returns its folder; unmounted afterwards. Skips
+    the test where this process may not mount (it needs root or CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(size: str = "1m", options: str = "") -> Path:
+        path = tmp_path / f"tmpfs{len(mounted)}"
+        path.mkdir()
+        opts = ",".join(o for o in (f"size={size}", options) if o)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "none", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

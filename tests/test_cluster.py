@@ -257,7 +257,7 @@ def test_ray_client_address_runs_the_search(cluster: Cluster, tmp_path: Path) ->
 def launch_with_address(cluster: Cluster, tmp_path: Path, space: str,
                         timeout: float = 120) -> subprocess.CompletedProcess:
     path = tmp_path / "space.yaml"
-    path.write_text(space)
+    path.write_text(space + "space: {stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}}\n")
     return launch(cluster.env, str(path), "--storage", str(tmp_path / "store"), "--address",
                   cluster.gcs, timeout=timeout)
 

@@ -326,10 +326,13 @@ def test_submit_sh_submits_a_ray_job(tmp_path, token):
     assert args[:2] == ["job", "submit"]
     assert args[args.index("--address") + 1] == "http://127.0.0.1:8265"
     assert "--no-wait" in args and args[args.index("--working-dir") + 1] == "."
-    assert json.loads(args[args.index("--runtime-env-json") + 1])["excludes"]
-    assert args[args.index("--") + 1:] == [
-        "sd-tune", "launch", "--space", "search_spaces/imagenet.yaml", "--storage", "s3://b/p",
-        "--set", "train.epochs=1"]
+    runtime_env = json.loads(args[args.index("--runtime-env-json") + 1])
+    assert runtime_env["excludes"]
+    assert args[args.index("--") + 1:] == ["sd-tune", "launch"]
+    assert json.loads(runtime_env["env_vars"]["SD_TUNE_JOB_ARGS"]) == [
+        "--space", "search_spaces/imagenet.yaml", "--storage", "s3://b/p", "--set",
+        "train.epochs=1"]
+    assert runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "120"
     assert f"job id: {job_id}" in done.stdout
     assert f"ray job logs -f {job_id}" in done.stdout
     assert f"ray job status {job_id}" in done.stdout
@@ -348,6 +351,69 @@ def test_submit_sh_prints_the_ray_cli_it_ran(tmp_path):
     assert done.returncode == 0, done.stderr
     for verb in ("logs -f", "status", "stop"):
         assert f"RAY_ADDRESS=http://127.0.0.1:8265 {fake} job {verb} j1" in done.stdout
+
+
+FAKE_RAY = """#!{python}
+# `ray job submit` as a job runs: the runtime environment's env_vars set, the words after `--`
+# joined ({join}) and run through `sh -c`, as Ray's job manager runs an entrypoint.
+import json, os, shlex, subprocess, sys
+args = sys.argv[1:]
+env = dict(os.environ)
+env.update(json.loads(args[args.index("--runtime-env-json") + 1]).get("env_vars", {{}}))
+words = args[args.index("--") + 1:]
+entrypoint = {join}
+sys.exit(subprocess.run(["sh", "-c", entrypoint], env=env).returncode)
+"""
+
+
+@pytest.mark.parametrize("join", ["' '.join(words)", "shlex.join(words)"])
+def test_submit_sh_runs_no_value_as_a_command(tmp_path, join):
+    """A `--set` or `--name` value holding `$(...)` or backticks reaches sd-tune as text and
+    runs nothing, whether the ray CLI joins the entrypoint's words with plain spaces (older
+    CLIs) or quotes them (Ray 2.60's)."""
+    fake = tmp_path / "ray"
+    fake.write_text(FAKE_RAY.format(python=sys.executable, join=join))
+    fake.chmod(0o755)
+    marker, tick = tmp_path / "marker", tmp_path / "tick"
+    bin_dir = Path(sys.executable).parent  # the real sd-tune
+    done = _submit(["--space", "search_spaces/smoke.yaml", "--set",
+                    f"train.epochs=$(touch {marker})", "--name", f"x`touch {tick}`"], tmp_path,
+                   RAY=str(fake), RAY_ADDRESS="http://127.0.0.1:8265", SD_TUNE_STORAGE="s3://b/p",
+                   PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert not marker.exists() and not tick.exists()
+    # sd-tune got the values as they were typed, and refused them as values
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--name must be one folder name" in done.stderr
+    assert f"but got 'x`touch {tick}`'" in done.stderr
+
+
+def test_submit_sh_makes_the_token_private(tmp_path):
+    fake = tmp_path / "ray"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    (tmp_path / ".ray").mkdir()
+    token = tmp_path / ".ray" / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray 2.60 writes it
+    done = _submit(["--storage", "s3://b/p"], tmp_path, RAY=str(fake),
+                   RAY_ADDRESS="http://127.0.0.1:8265")
+    assert done.returncode == 0, done.stderr
+    assert token.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_job_reads_its_arguments_as_data(monkeypatch, capsys):
+    from sd_tune.cli import main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["sd-tune", "validate"])
+    monkeypatch.setenv("SD_TUNE_JOB_ARGS", json.dumps(
+        ["--space", "search_spaces/smoke.yaml", "--set", "search.num_samples=$(reboot)"]))
+    assert main() == 2
+    assert "search.num_samples: must be an integer, but got '$(reboot)'" in \
+        capsys.readouterr().err
+    monkeypatch.setenv("SD_TUNE_JOB_ARGS", "--space x")
+    assert main() == 2
+    assert "$SD_TUNE_JOB_ARGS must be a JSON list of strings" in capsys.readouterr().err
 
 
 # ray_submit_entry.py --------------------------------------------------------------------------

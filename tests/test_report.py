@@ -432,3 +432,19 @@ def test_hparam_types_bool_mixed_and_lists(tmp_path: Path) -> None:
     with paths["trials_csv"].open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["param.lst"] == "[1, 2]" and rows[2]["param.mix"] == ""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_report_that_does_not_fit_leaves_the_previous_one_whole(tmpfs) -> None:
+    """Every report file is replaced in one step: on a full disk the old ones stay readable."""
+    disk = tmpfs("600k")
+    records = full_table()[:2]
+    write_results(disk, "fits", records, ACC_TIME)
+    before = {p.relative_to(disk): p.read_bytes() for p in disk.rglob("*") if p.is_file()}
+    big = [rec(f"t{i}", "completed", at(0.5, i), params={"note": "x" * 2000})
+           for i in range(400)]
+    with pytest.raises(OSError, match="No space left on device"):
+        write_results(disk, "does not fit", big, ACC_TIME)
+    after = {p.relative_to(disk): p.read_bytes() for p in disk.rglob("*") if p.is_file()}
+    assert after == before  # whole, and no temporary file or folder left behind
+    assert [r["trial_id"] for r in load_records(disk)] == [r["trial_id"] for r in records]

@@ -1,20 +1,23 @@
 """The search end to end, as a user runs it: `sd-tune launch` in a subprocess on real Ray,
 Optuna and Fashion-MNIST; its files read back (TensorBoard's own reader for the events);
-resume after SIGINT and after SIGKILL; a failing trial; storage at a URI (file://, and
-s3:// on a local moto server when moto is installed)."""
+resume after SIGINT, SIGTERM and SIGKILL; a failing trial; storage at a URI (file://, and
+s3:// on a local moto server when moto is installed). And what survives what: pickles planted
+in the storage, damaged and truncated files, two launches at once, a full disk."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -115,10 +118,15 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
             assert time.time() < deadline, "no trial finished in 300 s"
             time.sleep(1)
         os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
-        proc.wait(timeout=120)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if sig != signal.SIGKILL:  # a clean stop: saved, one line saying how to go on
+        assert proc.returncode == 2, out
+        assert f"continue with `sd-tune resume {exp}`" in out.splitlines()[-1], out
+        for noise in ("Traceback", "Aborted", "*** SIG", "core dumped"):
+            assert noise not in out, out
     before = {p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json")
               if len(_epochs(p)) >= 2}
     assert before, "a finished trial is needed before the interruption"
@@ -148,6 +156,11 @@ def test_resume_after_sigint(tmp_path: Path) -> None:
 
 def test_resume_after_sigkill(tmp_path: Path) -> None:
     _interrupt_then_resume(tmp_path, signal.SIGKILL)
+
+
+def test_resume_after_sigterm(tmp_path: Path) -> None:
+    """`ray job stop` sends SIGTERM: the search stops as on Ctrl-C, and resume loses nothing."""
+    _interrupt_then_resume(tmp_path, signal.SIGTERM)
 
 
 def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> None:
@@ -298,3 +311,181 @@ def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
     assert "concurrency 4" in proc.stdout, proc.stdout
     overlap = float(proc.stdout.split("overlap")[1])
     assert overlap > 1.0, proc.stdout  # all four held their quarter GPU at once
+
+
+# --------------------------------------------------------------------------- what survives what
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real search of 2 smoke trials, finished; the tests below damage copies of it."""
+    root = tmp_path_factory.mktemp("finished")
+    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(root),
+                 "--set", "search.num_samples=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "smoke"
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    shutil.copytree(finished.parent, tmp_path / "store")
+    return tmp_path / "store" / "smoke"
+
+
+def trials_json(exp: Path) -> dict[str, dict]:
+    return {r["trial_id"]: r for r in json.loads((exp / "trials.json").read_text())["trials"]}
+
+
+class Planted:
+    """Unpickling this creates ``marker``: the code a planted pickle would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+def test_report_never_unpickles_what_the_storage_holds(finished: Path, tmp_path: Path) -> None:
+    exp = copy_of(finished, tmp_path)
+    marker = tmp_path / "ran"
+    planted = pickle.dumps(Planted(marker))
+    for state_file in exp.glob("experiment_state-*.json"):
+        state = json.loads(state_file.read_text())
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0])
+            trial["placement_group_factory"] = planted.hex()
+            trial["storage"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": planted.hex()}
+            entry[0] = json.dumps(trial)
+        state_file.write_text(json.dumps(state))
+    pickles = [exp / "tuner.pkl", *exp.glob("searcher-state-*.pkl"),
+               *exp.glob("search_gen_state-*.json"), *exp.glob("trial_*/params.pkl"),
+               *(trial / "error.pkl" for trial in exp.glob("trial_*"))]
+    for path in pickles:
+        path.write_bytes(planted)
+    assert len(pickles) == 7
+    for where in (str(exp), f"file://{exp}"):
+        result = cli("report", where)
+        assert not marker.exists(), f"report of {where} ran a pickle from the storage"
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert trials_json(exp).keys() == trials_json(finished).keys()
+        assert all(r["status"] == "completed" for r in trials_json(exp).values())
+
+
+def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(finished: Path,
+                                                                   tmp_path: Path) -> None:
+    exp = copy_of(finished, tmp_path)
+    first, second = trials_json(finished)
+    result_json = exp / f"trial_{first}" / "result.json"
+    result_json.write_bytes(result_json.read_bytes()[:100])  # cut short
+    shutil.rmtree(exp / f"trial_{second}")  # deleted
+    for state_file in exp.glob("experiment_state-*.json"):
+        state_file.write_bytes(state_file.read_bytes()[:state_file.stat().st_size // 3])
+    result = cli("report", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: 2 trials (2 completed)" in result.stdout
+    for trial_id, record in trials_json(exp).items():
+        assert record["final"] == trials_json(finished)[trial_id]["final"]
+        assert record["history"] == trials_json(finished)[trial_id]["history"]
+    # without sd-tune's record either, a deleted trial is what it is: missing
+    (exp / "sd_tune" / "trials" / f"{second}.json").unlink()
+    shutil.copy(next(finished.glob("experiment_state-*.json")), exp)
+    result = cli("report", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert trials_json(exp)[second]["status"] == "missing"
+    assert f"missing {second}: its folder trial_{second} is gone" in result.stdout
+
+
+def test_resume_after_a_truncated_state_keeps_every_finished_trial(finished: Path,
+                                                                    tmp_path: Path) -> None:
+    exp = copy_of(finished, tmp_path / "a")
+    (state_file,) = exp.glob("experiment_state-*.json")
+    state_file.write_bytes(state_file.read_bytes()[:state_file.stat().st_size // 3])
+    result = cli("resume", str(exp))
+    for trial_id, record in trials_json(finished).items():
+        assert trials_json(exp)[trial_id]["final"] == record["final"], result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: 2 trials (2 completed)" in result.stdout
+    assert "restored the copy sd-tune kept at" in result.stdout
+    # with no good copy to restore, resume changes nothing and says what is kept
+    exp = copy_of(finished, tmp_path / "b")
+    (state_file,) = exp.glob("experiment_state-*.json")
+    state_file.write_bytes(state_file.read_bytes()[:state_file.stat().st_size // 3])
+    (exp / "sd_tune" / "tune_state.json").unlink()
+    before = sorted(p.relative_to(exp) for p in exp.rglob("*"))
+    result = cli("resume", str(exp))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "no whole copy of it is there; nothing was changed. The 2 finished trial(s)" in \
+        result.stderr
+    assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == before
+
+
+def test_two_launches_into_one_name_exactly_one_runs(tmp_path: Path) -> None:
+    """Two launches into one folder and name, 1 s apart: one runs, the other exits 2 at once
+    naming it."""
+    args = ("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
+            "--set", "search.num_samples=1", "--set", "train.epochs=1",
+            "--set", "train.warmup_epochs=0")
+    first = start(*args)
+    time.sleep(1)
+    second = start(*args)
+    outs = {}
+    try:
+        for proc in (first, second):
+            outs[proc.pid] = proc.communicate(timeout=600)[0]
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    ran, refused = sorted((first, second), key=lambda p: p.returncode)
+    assert (ran.returncode, refused.returncode) == (0, 2), outs
+    assert outs[refused.pid].count("\n") == 1, outs[refused.pid]
+    assert f"is in use by sd-tune launch (pid {ran.pid} on {socket.gethostname()}" in \
+        outs[refused.pid]
+    assert len(list((tmp_path / "smoke").glob("trial_*"))) == 1
+    assert len(trials_json(tmp_path / "smoke")) == 1
+    assert not (tmp_path / "smoke" / ".sd_tune.lock").exists()
+
+
+def test_a_full_disk_ends_in_one_message_and_loses_nothing(tmp_path: Path,
+                                                           tmpfs: Callable[..., Path]) -> None:
+    """The storage fills up after the first trial: the search stops with one message naming
+    the storage and its free space; after freeing space, report and resume keep that trial
+    (same metrics) and finish the search."""
+    disk = tmpfs("48m")
+    proc = start("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(disk),
+                 "--set", "search.num_samples=2")
+    exp = disk / "smoke"
+    deadline = time.time() + 300
+    try:
+        while not list((exp / "sd_tune" / "trials").glob("*.json")):
+            assert proc.poll() is None and time.time() < deadline, "no trial finished"
+            time.sleep(1)
+        filler = disk / "filler"
+        with filler.open("wb") as f, pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * 65536)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, out
+    message = out.splitlines()[-1]
+    assert message.startswith(f"sd-tune launch: error: the storage {disk} is full (") and \
+        "free of 48.0 MiB): the search stopped" in message, out
+    assert f"continue with `sd-tune resume {exp}`" in message
+    assert "Traceback" not in out, out
+    kept = {p.stem: json.loads(p.read_text()) for p in (exp / "sd_tune" / "trials").glob("*")}
+    assert any(r["status"] == "completed" for r in kept.values())
+    filler.unlink()
+    report = cli("report", str(exp))
+    assert "Traceback" not in report.stdout + report.stderr
+    for trial_id, record in kept.items():
+        assert trials_json(exp)[trial_id]["final"] == record["final"]
+    resumed = cli("resume", str(exp))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    records = trials_json(exp)
+    for trial_id, record in kept.items():
+        if record["status"] == "completed":
+            assert records[trial_id]["final"] == record["final"]
+    assert sum(r["status"] == "completed" for r in records.values()) == 2, records

@@ -3,6 +3,12 @@ tmp_path go through pyarrow's filesystems as ``s3://`` and ``gs://`` ones do."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,3 +95,81 @@ def test_upload_a_file_and_download_everything(base: str, tmp_path: Path) -> Non
     assert storage.download(storage.join(base, "up"), tmp_path / "down") == ["one.txt"]
     with pytest.raises(FileNotFoundError):
         storage.download(storage.join(base, "nothing"), tmp_path / "none")
+
+
+# --------------------------------------------------------------------------- full disks
+
+
+def test_a_write_that_does_not_fit_leaves_the_old_file_whole(tmpfs: Callable[..., Path],
+                                                              ) -> None:
+    disk = tmpfs("64k")
+    target = disk / "trials.json"
+    storage.write_text(str(target), '{"old": true}')
+    with pytest.raises(OSError) as info:
+        storage.write_text(str(target), "x" * 200_000)
+    assert storage.is_disk_full(info.value)
+    assert json.loads(target.read_text()) == {"old": True}
+    assert sorted(p.name for p in disk.iterdir()) == ["trials.json"]  # no temporary left
+    assert "free of 64.0 KiB" in storage.free_space(str(disk))
+
+
+def test_is_disk_full_sees_through_wrapping() -> None:
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("the trial failed") from inner
+    except RuntimeError as outer:
+        assert storage.is_disk_full(outer)
+    assert storage.is_disk_full(OSError("pyarrow: IOError: [Errno 28] error writing"))
+    assert not storage.is_disk_full(OSError("Permission denied"))
+
+
+def test_probe_refuses_a_file_and_a_read_only_folder(tmp_path: Path,
+                                                     tmpfs: Callable[..., Path]) -> None:
+    (tmp_path / "file").write_text("")
+    assert "a file is in the way" in storage.probe_writable(str(tmp_path / "file"))
+    ro = tmpfs("64k", "ro")
+    problem = storage.probe_writable(str(ro))
+    assert problem is not None and "Read-only file system" in problem
+    assert storage.probe_writable(str(tmp_path / "new" / "folder")) is None
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def test_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
+    folder = str(tmp_path / "exp")
+    with storage.locked(folder, "sd-tune launch"):
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys; from sd_tune import storage\n"
+             "try:\n"
+             f"    with storage.locked({folder!r}, 'sd-tune launch'): pass\n"
+             "except storage.LockHeld as err:\n"
+             "    print(err); sys.exit(3)"], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 3, other.stderr
+        assert f"is in use by sd-tune launch (pid {os.getpid()} on {socket.gethostname()}" \
+            in other.stdout
+        assert f"delete {folder}/{storage.LOCK_FILE}" in other.stdout
+    assert not (tmp_path / "exp").exists()  # made for the lock, removed with it
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock = tmp_path / storage.LOCK_FILE
+    lock.write_text(json.dumps({"command": "sd-tune launch", "pid": gone.pid,
+                                "host": socket.gethostname(), "since": "earlier"}))
+    with storage.locked(str(tmp_path), "sd-tune resume"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_a_lock_of_another_machine_is_not_broken(tmp_path: Path) -> None:
+    lock = tmp_path / storage.LOCK_FILE
+    lock.write_text(json.dumps({"command": "sd-tune launch", "pid": 1, "host": "elsewhere",
+                                "since": "earlier"}))
+    with pytest.raises(storage.LockHeld, match=r"pid 1 on elsewhere, since earlier"), \
+            storage.locked(str(tmp_path), "sd-tune launch"):
+        pass
+    assert lock.exists()

@@ -375,3 +375,41 @@ def test_replay_reports_past_epochs_of_a_resumed_run(tmp_path: Path) -> None:
     run_trial(tiny_cfg(epochs=2), lambda m, c: quiet.append(m), resume_dir=last.dirs[-1],
               log=lambda _: None)
     assert quiet == []
+
+
+class _Planted:
+    """Unpickling this creates ``marker``: what a planted checkpoint would run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    for fmt in (1, 2):  # sd-tune's old format and its current one
+        torch.save({"format": fmt, "epoch": 1, "config": _Planted(str(marker))},
+                   planted / CHECKPOINT_FILE)
+        with pytest.raises(ValueError, match=r"is not a checkpoint sd-tune can load: sd-tune "
+                                             r"reads only tensors and plain data"):
+            load_checkpoint(planted)
+        with pytest.raises(ValueError, match="is not a checkpoint sd-tune can load"):
+            run_trial(tiny_cfg(epochs=2), lambda m, c: None, resume_dir=planted,
+                      log=lambda _: None)
+        assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_old_format_gets_a_clear_message(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "real")
+    run_trial(tiny_cfg(epochs=1), rec, log=lambda _: None)
+    state = torch.load(rec.dirs[0] / CHECKPOINT_FILE, weights_only=True)
+    state["format"] = 1
+    state["rng"] = [{"torch": torch.get_rng_state(), "numpy": np.random.get_state()}]
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"older than checkpoint format 2, or not by sd-tune: "
+                                         r"train the run again under a new name"):
+        load_checkpoint(tmp_path / "old.pt")
