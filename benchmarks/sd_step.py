@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -40,16 +41,17 @@ import torch
 import torchvision
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare copy of the repo
+# Run from a bare copy of the repository; SD_STEP_ROOT points at another checkout of sd_tune (an
+# older commit, for a before/after through this same harness).
+sys.path.insert(0, os.environ.get("SD_STEP_ROOT") or str(Path(__file__).resolve().parents[1]))
 
-from sd_tune import (
-    apply_stochastic_depth,
-    build_model,
-    drop_rates,
-    residual_kernels,
-    stochastic_blocks,
-)
+from sd_tune import apply_stochastic_depth, build_model, drop_rates, stochastic_blocks
 from sd_tune.models import CifarBasicBlock
+
+try:
+    from sd_tune import residual_kernels
+except ImportError:  # an sd_tune from before the fused kernels
+    residual_kernels = None
 
 # name -> (arch, image size, batch size, input channels)
 MODELS: dict[str, tuple[str, int, int, int]] = {
@@ -156,7 +158,8 @@ class Case:
                 b.drop_rate = b.target_drop_rate * frac
 
     def step(self) -> float:
-        residual_kernels.TRITON_ENABLED = not self.torchops
+        if residual_kernels is not None:
+            residual_kernels.TRITON_ENABLED = not self.torchops
         self._set_rates()
         self.step_no += 1
         if self.device.type == "cuda":
@@ -170,7 +173,8 @@ class Case:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        residual_kernels.TRITON_ENABLED = True
+        if residual_kernels is not None:
+            residual_kernels.TRITON_ENABLED = True
         if self.first_step_s is None:
             self.first_step_s = elapsed  # includes compilation when compiled
         return elapsed
