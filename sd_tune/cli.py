@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
 from sd_tune import storage as store
-from sd_tune.stochastic_depth import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
+from sd_tune.vocab import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
 
 
 class UsageError(Exception):

@@ -16,17 +16,16 @@ from typing import Any
 
 import yaml
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet", "synthetic")
-MODEL_FAMILIES = {
-    "resnet": (18, 34, 50, 101, 152),
-    "wide_resnet": (50,),
-    "resnext": (50,),
-    "cifar_resnet": None,  # any 6n + 2
-}
-METHODS = ("sample", "block")
-DISTRIBUTIONS = ("uniform", "linear")
-SAMPLE_IMPLS = ("mask", "subset")
-TARGET_LAYER_NAMES = ("auto", "Bottleneck", "BasicBlock", "ResNetBottleneck", "CifarBasicBlock")
+from sd_tune.vocab import (
+    DATASETS,
+    DISTRIBUTIONS,
+    METHODS,
+    MODEL_FAMILIES,
+    SAMPLE_IMPLS,
+    TARGET_LAYER_NAMES,
+    arch_name,
+)
+
 # Every metric a trial reports after each epoch (DESIGN.md §3); test_acc comes once at the end.
 EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
                  "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth",
@@ -127,11 +126,7 @@ class ModelConfig:
     @property
     def arch(self) -> str:
         """The registry name, e.g. ``resnet50``, ``cifar_resnet56``, ``wide_resnet50_2``."""
-        if self.family == "wide_resnet":
-            return f"wide_resnet{self.depth}_2"
-        if self.family == "resnext":
-            return f"resnext{self.depth}_32x4d"
-        return f"{self.family}{self.depth}"
+        return arch_name(self.family, self.depth)
 
 
 @dataclass

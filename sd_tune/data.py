@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from sd_tune.vocab import DATASETS
+
 __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST",
@@ -48,7 +50,6 @@ __all__ = [
     "stratified_subset",
 ]
 
-DATASETS: tuple[str, ...] = ("fashion_mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

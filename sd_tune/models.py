@@ -13,14 +13,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from sd_tune.vocab import MODEL_FAMILIES, arch_name
+
+# Every torchvision family and depth of the vocabulary, under the name torchvision gives it.
 TORCHVISION_ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-    "resnet152": torchvision.models.resnet152,
-    "wide_resnet50_2": torchvision.models.wide_resnet50_2,
-    "resnext50_32x4d": torchvision.models.resnext50_32x4d,
+    arch_name(family, depth): getattr(torchvision.models, arch_name(family, depth))
+    for family, depths in MODEL_FAMILIES.items() if depths is not None for depth in depths
 }
 CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)  # the usual ones; any 6n+2 works
 _CIFAR = re.compile(r"cifar_resnet(\d+)")

@@ -27,10 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from sd_tune.residual_kernels import RowGradStash, residual_relu, scatter_residual_relu, take_rows
-
-METHODS: tuple[str, ...] = ("sample", "block")
-DISTRIBUTIONS: tuple[str, ...] = ("uniform", "linear")
-SAMPLE_IMPLS: tuple[str, ...] = ("mask", "subset")
+from sd_tune.vocab import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
 
 
 def _choices(values: Sequence[str]) -> str:

@@ -18,11 +18,8 @@ from sd_tune.stochastic_depth import (
     region_key,
     warmup_rate,
 )
+from sd_tune.vocab import TARGET_LAYER_NAMES
 
-# Names accepted by ``target_layer_name``; "auto" takes every block of a known kind.
-TARGET_LAYER_NAMES: tuple[str, ...] = (
-    "auto", "Bottleneck", "BasicBlock", "ResNetBottleneck", "CifarBasicBlock",
-)
 _ALIASES = {"ResNetBottleneck": "Bottleneck"}
 
 
