@@ -21,11 +21,11 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
 from sd_tune import storage as store
 from sd_tune.vocab import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
 
@@ -35,6 +35,8 @@ class UsageError(Exception):
 
 
 def _rates(args: argparse.Namespace) -> int:
+    from sd_tune import apply_stochastic_depth, build_model, expected_depth, stochastic_blocks
+
     try:
         model = build_model(args.arch, num_classes=10)
         apply_stochastic_depth(model, args.target, args.method, args.drop_rate,
@@ -52,7 +54,8 @@ def _rates(args: argparse.Namespace) -> int:
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``["train.epochs=1", "stochastic_depth.method=block"]`` -> a dict of overrides."""
+    """``["train.epochs=1", "stochastic_depth.stochastic_method=block"]`` -> a dict of
+    overrides."""
     from sd_tune.config import excerpt, parse_value
 
     out = {}
@@ -94,11 +97,11 @@ def _check_name(name: str) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     spec, _ = _load(args)
-    from sd_tune.search import optuna_distributions
+    from sd_tune.config import searched_keys
 
-    dists, _ = optuna_distributions(spec.space)
-    searched = ", ".join(dists) or ("nothing (`sd-tune launch` refuses such a file; "
-                                    "`sd-tune train` trains its settings once)")
+    searched = ", ".join(searched_keys(spec)) or ("nothing (`sd-tune launch` refuses such a "
+                                                  "file; `sd-tune train` trains its settings "
+                                                  "once)")
     print(f"{args.space}: ok: experiment {spec.name!r}, {spec.search.num_samples} trials of "
           f"{spec.trial.model.family} on {spec.trial.dataset.name}, searching "
           f"{searched}; objectives " + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives))
@@ -252,7 +255,7 @@ def _train(args: argparse.Namespace) -> int:
         ray_train.driver_log()
         epochs = trial.train.epochs
         print(f"training {trial.model.arch} on {trial.dataset.name}: "
-              f"{trial.stochastic_depth.method} stochastic depth, drop_rate "
+              f"{trial.stochastic_depth.stochastic_method} stochastic depth, drop_rate "
               f"{trial.stochastic_depth.drop_rate} ({trial.stochastic_depth.drop_distribution}), "
               f"{trial.resources.num_workers} workers, {epochs} epochs"
               + (f"; resuming {where}" if args.resume else ""), flush=True)
@@ -616,6 +619,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_show_warning = warnings.showwarning
+
+
+def _show_note(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+    """sd-tune's own notes (an old key used) as one line; other warnings as usual."""
+    from sd_tune.config import RenamedKey
+
+    if issubclass(category, RenamedKey):
+        print(f"sd-tune: note: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, *rest, **kw)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return 2.
 
@@ -638,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _catch_sigterm()
     _INTERRUPTED.clear()
     args.on_interrupt = ""
+    warnings.showwarning = _show_note
     try:
         return args.func(args)
     except (UsageError, store.StorageFull) as err:

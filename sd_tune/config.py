@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 import reprlib
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -153,12 +154,40 @@ class TrainConfig:
 @dataclass
 class StochasticDepthConfig:
     target_layer_name: str = "auto"
-    method: str = "sample"
+    stochastic_method: str = "sample"  # the API's name (`method` is the old key, still read)
     drop_rate: float = 0.1
     drop_distribution: str = "linear"
     drop_warmup: float = 0.0
     scale_by_keep: bool = False
     sample_impl: str = "mask"
+
+    @property
+    def method(self) -> str:
+        """The old name of :attr:`stochastic_method`."""
+        return self.stochastic_method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self.stochastic_method = value
+
+
+class RenamedKey(FutureWarning):
+    """An old key was used: it still works, under its new name (the CLI prints a note)."""
+
+
+# Old keys still read, with a note: section -> {old key: the key's name now}.
+RENAMED_KEYS: dict[str, dict[str, str]] = {"stochastic_depth": {"method": "stochastic_method"}}
+
+
+def _renamed(section: str, key: str) -> str:
+    """``key``'s name now (itself unless it is an old key of ``section``), with a note."""
+    new = RENAMED_KEYS.get(section, {}).get(key)
+    if new is None:
+        return key
+    warnings.warn(f"`{section}.{key}` is the old name of `{section}.{new}` (the name "
+                  f"apply_stochastic_depth uses); it still works, but rename it",
+                  RenamedKey, stacklevel=3)
+    return new
 
 
 @dataclass
@@ -278,7 +307,16 @@ def _section(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     first_unknown = None
+    given_as: dict[str, str] = {}  # field -> the old key it was given under
     for key, value in data.items():
+        field_name = _renamed(path, key) if isinstance(key, str) else key
+        if field_name != key:
+            if field_name in data:
+                problems.append((f"{path}.{key}", f"and {path}.{field_name} name one setting; "
+                                                  f"keep {path}.{field_name}"))
+                continue
+            given_as[field_name] = key
+            key = field_name
         if key not in known:
             here = f"{path}.{_key(key)}"
             problems.append((here, f"unknown key; known keys: {', '.join(known)}"
@@ -288,10 +326,17 @@ def _section(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -
             continue
         value, err = _coerce(value, str(known[key].type))
         if err:
-            problems.append((f"{path}.{key}", err))
+            problems.append((f"{path}.{given_as.get(key, key)}", err))
         else:
             kwargs[key] = value
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    obj.__dict__["_given_as"] = given_as  # not a field: messages name the key the user wrote
+    return obj
+
+
+def _path(section_obj: Any, section: str, key: str) -> str:
+    """``section.key`` as the user wrote it (an old key where one was used)."""
+    return f"{section}.{getattr(section_obj, '_given_as', {}).get(key, key)}"
 
 
 def _choice(problems: list, path: str, value: Any, allowed: tuple | list) -> None:
@@ -366,7 +411,8 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
                                           f"false, but got {t.compile!r}"))
     _choice(problems, "stochastic_depth.target_layer_name", s.target_layer_name,
             TARGET_LAYER_NAMES)
-    _choice(problems, "stochastic_depth.method", s.method, METHODS)
+    _choice(problems, _path(s, "stochastic_depth", "stochastic_method"), s.stochastic_method,
+            METHODS)
     _choice(problems, "stochastic_depth.drop_distribution", s.drop_distribution, DISTRIBUTIONS)
     _choice(problems, "stochastic_depth.sample_impl", s.sample_impl, SAMPLE_IMPLS)
     if not 0 <= s.drop_rate <= 1:
@@ -502,6 +548,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         if not name:
             out[section] = value
             continue
+        name = _renamed(section, name)
         if not isinstance(out.get(section), dict):
             out[section] = {}
         out[section][name] = value
@@ -573,6 +620,16 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
                      storage=storage, source=source)
 
 
+def searched_keys(spec: SpaceFile) -> list[str]:
+    """The settings ``spec`` searches: its ``space`` keys that hold a distribution.
+
+    >>> searched_keys(space_from_dict({"space": {"train.lr": 0.2,
+    ...                                          "model.depth": {"choice": [20, 56]}}}))
+    ['model.depth']
+    """
+    return [k for k, v in spec.space.items() if isinstance(v, dict)]
+
+
 def nothing_searched(spec: SpaceFile) -> str | None:
     """Why ``sd-tune launch`` refuses ``spec``'s space, or None: a space that lists no
     distribution makes every trial train the same settings.
@@ -580,7 +637,7 @@ def nothing_searched(spec: SpaceFile) -> str | None:
     >>> nothing_searched(space_from_dict({"space": {"train.lr": 0.2}}))[:45]
     'space: lists no setting to search (only fixed'
     """
-    if any(isinstance(v, dict) for v in spec.space.values()):
+    if searched_keys(spec):
         return None
     what = "only fixed values" if spec.space else "it is empty"
     return (f"space: lists no setting to search ({what}), so all {spec.search.num_samples} "
@@ -604,6 +661,7 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[t
     with the fixed settings of the keys that are not searched."""
     path = f"space.{key}"
     section, _, name = key.partition(".")
+    name = RENAMED_KEYS.get(section, {}).get(name, name)
     if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
         problems.append((path, "must name a setting as 'section.key' (e.g. "
                                "'stochastic_depth.drop_rate', 'model.depth', 'train.lr')"))

@@ -107,8 +107,8 @@ def stochastic_depth_from_config(cfg: TrialConfig) -> StochasticDepth:
     'sample'
     """
     s = cfg.stochastic_depth
-    return StochasticDepth(s.target_layer_name, s.method, s.drop_rate, s.drop_distribution,
-                           s.drop_warmup, s.scale_by_keep, s.sample_impl)
+    return StochasticDepth(s.target_layer_name, s.stochastic_method, s.drop_rate,
+                           s.drop_distribution, s.drop_warmup, s.scale_by_keep, s.sample_impl)
 
 
 def ddp_kwargs(sd: StochasticDepth) -> dict[str, Any]:

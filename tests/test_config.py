@@ -91,7 +91,7 @@ def test_fashion_mnist_gpu_file() -> None:
     assert (r.num_workers, r.use_gpu, r.gpus_per_worker) == (1, True, 0.25)
     assert spec.trial.dataset.name == "fashion_mnist" and spec.trial.train.compile == "auto"
     assert spec.space["model.depth"] == {"choice": [20, 32, 56, 110]}
-    assert set(spec.space) >= {"stochastic_depth.drop_rate", "stochastic_depth.method",
+    assert set(spec.space) >= {"stochastic_depth.drop_rate", "stochastic_depth.stochastic_method",
                                "stochastic_depth.drop_distribution"}
     assert 15 <= spec.trial.train.epochs <= 30
     assert spec.search.scheduler is not None and spec.search.scheduler.kind == "asha"
@@ -104,7 +104,7 @@ def test_imagenet_file() -> None:
     assert t.model.arch == "resnet50"
     assert spec.space["model.depth"] == {"choice": [50, 101, 152]}
     # subset measured 2x the plain step on a GPU: the search compares mask and block
-    assert spec.space["stochastic_depth.method"] == {"choice": ["sample", "block"]}
+    assert spec.space["stochastic_depth.stochastic_method"] == {"choice": ["sample", "block"]}
     assert t.stochastic_depth.sample_impl == "mask" and "stochastic_depth.sample_impl" not in \
         spec.space
     assert (t.resources.num_workers, t.resources.use_gpu, t.resources.cpus_per_worker) == (
@@ -618,3 +618,32 @@ def test_a_space_with_nothing_to_search_is_named() -> None:
     assert "only fixed values" in nothing_searched(space_from_dict({"space": {"train.lr": 0.2}}))
     assert nothing_searched(space_from_dict(
         {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}})) is None
+
+
+def test_the_old_method_key_still_works_with_a_note(tmp_path: Path) -> None:
+    """`stochastic_depth.method` was renamed `stochastic_method` (the API's name): the old key
+    is read, in the section, in `space` and in --set, with a RenamedKey note."""
+    from sd_tune.config import RenamedKey
+
+    with pytest.warns(RenamedKey, match=r"`stochastic_depth.method` is the old name of "
+                                        r"`stochastic_depth.stochastic_method`"):
+        spec = load_space(write(tmp_path, "stochastic_depth: {method: block}\n"))
+    assert spec.trial.stochastic_depth.stochastic_method == "block"
+    with pytest.warns(RenamedKey):
+        spec = load_space(write(tmp_path, "space:\n  stochastic_depth.method: "
+                                          "{choice: [sample, block]}\n"))
+    assert spec.space == {"stochastic_depth.method": {"choice": ["sample", "block"]}}
+    with pytest.warns(RenamedKey):
+        only_problem(tmp_path, "stochastic_depth: {method: block, stochastic_method: sample}\n",
+                     "stochastic_depth.method", r"name one setting; keep "
+                                                r"stochastic_depth.stochastic_method")
+
+
+def test_cli_prints_the_rename_as_one_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sd_tune.cli import main
+
+    path = write(tmp_path, "stochastic_depth: {method: block}\n")
+    assert main(["validate", "--space", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("sd-tune: note: `stochastic_depth.method` is the old name") and \
+        err.count("\n") == 1, err
