@@ -152,13 +152,13 @@ def main() -> None:
         bases = {k: results[f"{k.rsplit('_', 1)[0]}_bare"]["images_per_s"] for k in results}
         target = "loop ratio to the bare step >= 0.95"
     else:
-        from sd_tune import ray_train
+        from sd_tune import cluster
 
         cfg = trial_config(args, 1, os.cpu_count() or 1)
         print("bare step, then the plain PyTorch loop ...", flush=True)
         results["bare"] = run_bare(cfg)
         results["plain"] = run_plain(cfg)
-        ray_train.init_ray()
+        cluster.init_ray()
         with tempfile.TemporaryDirectory() as storage:
             for workers in (1, 2):
                 print(f"Ray Train trial, {workers} worker(s) ...", flush=True)

@@ -37,14 +37,14 @@ from typing import Any
 import ray
 import yaml
 
-from sd_tune.config import TrialConfig
-from sd_tune.ray_train import (
+from sd_tune.cluster import (
     alive_nodes,
     gpus_per_worker,
     node_list,
     worker_resources,
     worker_slots,
 )
+from sd_tune.config import TrialConfig
 
 HEAD_RESOURCE = "node:__internal_head__"
 STATUS_KEY = "__autoscaling_status"  # ray._private.ray_constants.DEBUG_AUTOSCALING_STATUS

@@ -145,15 +145,15 @@ def _start_ray(address: str | None, trial, storage: str | None = None, *, trials
     up can hold a trial, check the GPU nodes' driver, and refuse a ``storage`` that not
     every node sees. Returns the trials to run at once when the autoscaler's nodes count
     (None: count the nodes up)."""
-    from sd_tune import autoscale, ray_train
+    from sd_tune import autoscale, cluster
 
     try:
-        ray_train.init_ray(address)
+        cluster.init_ray(address)
     except ConnectionError as err:
         raise UsageError(str(err)) from err
     _catch_sigterm()  # ray.init makes SIGTERM exit at once; it stops cleanly instead
-    nodes = ray_train.node_resources()
-    problem = ray_train.resource_problem(trial, nodes)
+    nodes = cluster.node_resources()
+    problem = cluster.resource_problem(trial, nodes)
     scaler = autoscale.find_autoscaler() if address or os.environ.get("RAY_ADDRESS") else None
     slots = None
     if scaler is not None:
@@ -171,10 +171,10 @@ def _start_ray(address: str | None, trial, storage: str | None = None, *, trials
                 limit = autoscale.DEFAULT_WAIT_S if wait_s is None else wait_s
                 print(f"waiting up to {limit:.0f} s for them (--wait-for-nodes)", flush=True)
                 problem = autoscale.wait_for_nodes(trial, plan, limit)
-    if problem is None and ray_train.gpus_per_worker(trial) > 0:
+    if problem is None and cluster.gpus_per_worker(trial) > 0:
         problem = autoscale.gpu_driver_problem()
     if problem is None and storage is not None:
-        problem = ray_train.storage_problem(storage)
+        problem = cluster.storage_problem(storage)
     if problem:
         raise UsageError(problem)
     return slots
@@ -212,7 +212,7 @@ def _saved_config(local: Path) -> dict[str, Any] | None:
 def _train(args: argparse.Namespace) -> int:
     space, _ = _load(args)
     trial = space.trial
-    from sd_tune import ray_train
+    from sd_tune import cluster, ray_train
     from sd_tune.config import excerpt
     from sd_tune.train import progress_line
 
@@ -252,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
                 {"name": name, "config": trial.to_dict(),
                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
         _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
-        ray_train.driver_log()
+        cluster.driver_log()
         epochs = trial.train.epochs
         print(f"training {trial.model.arch} on {trial.dataset.name}: "
               f"{trial.stochastic_depth.stochastic_method} stochastic depth, drop_rate "
@@ -380,10 +380,10 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
 def _search_failed(command: str, exp_dir: str, err: Exception) -> int:
     """An error stopped the search (not the user's): say so in one line, report what is
     there, exit 1."""
-    from sd_tune import ray_train
+    from sd_tune import cluster
 
     print(f"sd-tune {command}: the search stopped with an error: {err}; every finished trial "
-          f"is kept (Ray's logs: /tmp/ray/session_latest/logs, {ray_train.DRIVER_LOG} there); "
+          f"is kept (Ray's logs: /tmp/ray/session_latest/logs, {cluster.DRIVER_LOG} there); "
           f"continue with `sd-tune resume {shlex.quote(exp_dir)}`", file=sys.stderr)
     with contextlib.suppress(UsageError, store.StorageFull, OSError):
         _report_experiment(exp_dir)

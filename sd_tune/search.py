@@ -38,7 +38,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sd_tune import ray_train
+from sd_tune import cluster, ray_train
 from sd_tune import storage as store
 from sd_tune.config import (
     EPOCH_METRICS,
@@ -151,7 +151,7 @@ def concurrency(spec: SpaceFile, nodes: Sequence[dict[str, float]]) -> int:
     >>> concurrency(spec, [{"CPU": 2.0}]), concurrency(spec, [{"CPU": 3.0}, {"CPU": 1.5}])
     (1, 2)
     """
-    fits = ray_train.worker_slots(spec.trial, nodes) // spec.trial.resources.num_workers
+    fits = cluster.worker_slots(spec.trial, nodes) // spec.trial.resources.num_workers
     if spec.search.max_concurrent_trials is not None:
         fits = min(fits, spec.search.max_concurrent_trials)
     return min(fits, spec.search.num_samples)
@@ -770,7 +770,7 @@ def _tune_settings() -> None:
     # Tune's default loggers, listed in tune_run_config so that its TensorBoard one can leave
     # HParams out.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    ray_train.driver_log()
+    cluster.driver_log()
 
 
 def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
@@ -817,7 +817,7 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
     exp_dir = experiment_dir(storage, spec.name)
     save_spec(spec, exp_dir, raw)
     if slots is None:
-        slots = concurrency(spec, ray_train.node_resources())
+        slots = concurrency(spec, cluster.node_resources())
     else:
         slots = min(slots, spec.search.num_samples)
     emit(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "

@@ -73,7 +73,7 @@ def test_plan_from_zero_gpu_nodes_adds_one_node_per_imagenet_trial() -> None:
 
 
 def concurrency_of(plan) -> int:
-    from sd_tune.ray_train import worker_slots
+    from sd_tune.cluster import worker_slots
 
     return worker_slots(trial(**IMAGENET), plan.nodes) // 8
 

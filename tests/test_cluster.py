@@ -1,4 +1,5 @@
-"""sd-tune on a real multi-node Ray cluster: two nodes on this machine's loopback, started
+"""sd_tune/cluster.py: the checks before any trial, as plain functions (the end of this file),
+and sd-tune on a real multi-node Ray cluster: two nodes on this machine's loopback, started
 with `ray start` (token authentication on, as Ray 2.60 does), jobs sent with `ray job submit`
 and with `launch/submit.sh`, a search through Ray Client (`ray://`), and `--address` checks
 against the cluster's resources and storage. The cluster is torn down even when a test
@@ -23,14 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from sd_tune.config import TrialConfig, space_from_dict
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                       reason="needs Debian's dataset-fashion-mnist"),
-]
+# The loopback-cluster tests; the checks' arithmetic at the end of the file needs no cluster.
+needs_data = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                reason="needs Debian's dataset-fashion-mnist")
 EXCLUDES = '{"excludes": [".git", ".venv", "results", "__pycache__", ".pytest_cache"]}'
 
 
@@ -206,6 +207,8 @@ def job_logs(cluster: Cluster, job_id: str) -> str:
     return ray_cli(cluster, "job", "logs", "--address", cluster.dashboard, job_id).stdout
 
 
+@pytest.mark.slow
+@needs_data
 def test_ray_job_submit_runs_the_search_across_both_nodes(cluster: Cluster) -> None:
     store = cluster.root / "store"
     job_id = "sdt-job-submit"
@@ -223,6 +226,8 @@ def test_ray_job_submit_runs_the_search_across_both_nodes(cluster: Cluster) -> N
     assert cluster.node2_id in nodes, trials  # some trial's workers ran on the second node
 
 
+@pytest.mark.slow
+@needs_data
 def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
     store = cluster.root / "store2"
     env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard, "SD_TUNE_JOB_ID": "sdt-submit-sh",
@@ -246,6 +251,8 @@ def launch(env: dict[str, str], space: str, *args: str,
                           timeout=timeout)
 
 
+@pytest.mark.slow
+@needs_data
 def test_ray_client_address_runs_the_search(cluster: Cluster, tmp_path: Path) -> None:
     out = launch(cluster.env, "search_spaces/smoke.yaml", "--set", "search.num_samples=2",
                  "--storage", str(tmp_path), "--address", cluster.client, timeout=600)
@@ -262,6 +269,8 @@ def launch_with_address(cluster: Cluster, tmp_path: Path, space: str,
                   cluster.gcs, timeout=timeout)
 
 
+@pytest.mark.slow
+@needs_data
 def test_gpu_space_on_the_cpu_cluster_fails_at_once(cluster: Cluster, tmp_path: Path) -> None:
     started = time.monotonic()
     out = launch_with_address(cluster, tmp_path, "name: gpu\nresources: {num_workers: 2, "
@@ -274,6 +283,8 @@ def test_gpu_space_on_the_cpu_cluster_fails_at_once(cluster: Cluster, tmp_path: 
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow
+@needs_data
 def test_worker_larger_than_any_node_fails_with_the_nodes(cluster: Cluster,
                                                           tmp_path: Path) -> None:
     # 4 CPUs in all, but no node holds one 3-CPU worker
@@ -284,6 +295,8 @@ def test_worker_larger_than_any_node_fails_with_the_nodes(cluster: Cluster,
     assert "(2 CPU, 2 CPU) hold only 0 such workers" in out.stderr
 
 
+@pytest.mark.slow
+@needs_data
 def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     if cluster.private is None:
         pytest.skip("no mount namespaces here (unshare needs CAP_SYS_ADMIN): node 2 cannot "
@@ -299,6 +312,8 @@ def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: P
     assert not list(store.glob("smoke/trial_*"))
 
 
+@pytest.mark.slow
+@needs_data
 def test_wrong_token_fails_with_what_to_check(cluster: Cluster, tmp_path: Path) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     out = launch(env, "search_spaces/smoke.yaml", "--storage", str(tmp_path), "--address",
@@ -309,6 +324,8 @@ def test_wrong_token_fails_with_what_to_check(cluster: Cluster, tmp_path: Path) 
     assert "RAY_AUTH_TOKEN" in error[0] and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
+@needs_data
 def test_job_driver_has_the_runtime_env_vars(cluster: Cluster) -> None:
     """launch/kuberay-rayjob.yaml gives the bucket as the runtime environment's
     SD_TUNE_STORAGE and no --storage (sd-tune reads the variable, tests/test_cli.py): the
@@ -322,3 +339,73 @@ def test_job_driver_has_the_runtime_env_vars(cluster: Cluster) -> None:
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert wait_for(cluster, job_id, timeout=180) == "SUCCEEDED"
     assert "storage=gs://bucket/prefix" in job_logs(cluster, job_id)
+
+
+# ------------------------------------------------------------ the checks, no cluster needed
+
+
+def resources(**values: object) -> TrialConfig:
+    """A trial of 2 workers x 0.5 CPU (as tests/test_ray_train.py's), with these resources."""
+    return space_from_dict({"resources": {"num_workers": 2, "cpus_per_worker": 0.5, **values}}
+                           ).trial
+
+
+def test_worker_slots_count_node_by_node() -> None:
+    from sd_tune.cluster import worker_slots
+
+    gpu = resources(use_gpu=True, cpus_per_worker=8)
+    nodes = [{"CPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}]
+    assert worker_slots(gpu, nodes) == 16
+    assert worker_slots(gpu, [{"CPU": 20.0, "GPU": 8.0}]) == 2  # CPUs bound it
+    half = resources(cpus_per_worker=0.5)
+    assert worker_slots(half, [{"CPU": 2.0}, {"CPU": 1.0}]) == 6
+
+
+def test_resource_problem_says_what_never_fits() -> None:
+    from sd_tune.cluster import resource_problem
+
+    two = resources(cpus_per_worker=1)
+    assert resource_problem(two, [{"CPU": 1.0}, {"CPU": 1.0}]) is None
+    gpu = resources(use_gpu=True)
+    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
+        resource_problem(gpu, [{"CPU": 8.0}])
+    # 4 GPUs in all, but two 2-GPU workers need a node each with 2 GPUs
+    big = resources(use_gpu=True, gpus_per_worker=2,
+                cpus_per_worker=1)
+    msg = resource_problem(big, [{"CPU": 4.0, "GPU": 1.0}] * 2 + [{"CPU": 4.0, "GPU": 2.0}])
+    assert msg is not None and "2 workers of 1 CPU + 2 GPU each" in msg
+    assert "(4 CPU + 1 GPU, 4 CPU + 1 GPU, 4 CPU + 2 GPU) hold only 1 such workers" in msg
+
+
+def test_shared_storage_problem_names_the_nodes_that_miss_it() -> None:
+    from sd_tune.cluster import shared_storage_problem
+
+    addresses = {"aaaaaaaa11": "10.0.0.1", "bbbbbbbb22": "10.0.0.2", "cccccccc33": "10.0.0.3"}
+    assert shared_storage_problem("/nfs/r", dict.fromkeys(addresses, True), addresses) is None
+    msg = shared_storage_problem("/tmp/r", {"aaaaaaaa11": True, "bbbbbbbb22": False,
+                                           "cccccccc33": None}, addresses)
+    assert msg is not None
+    assert msg.startswith("--storage /tmp/r is not shared: 2 of 3 nodes")
+    assert "10.0.0.2 (bbbbbbbb)" in msg and "10.0.0.3 (cccccccc, no answer)" in msg
+    assert "s3://" in msg and "10.0.0.1" not in msg
+
+
+def test_fractional_gpus_share_a_gpu_in_the_arithmetic() -> None:
+    """0.25 GPU per worker: four workers share one GPU; the checks count fractions."""
+    from sd_tune.cluster import resource_problem, worker_resources, worker_slots
+
+    quarter = resources(use_gpu=True, gpus_per_worker=0.25,
+                    num_workers=1, cpus_per_worker=2)
+    assert worker_resources(quarter) == {"CPU": 2.0, "GPU": 0.25}
+    assert worker_slots(quarter, [{"CPU": 16.0, "GPU": 1.0}]) == 4
+    assert worker_slots(quarter, [{"CPU": 6.0, "GPU": 1.0}]) == 3  # CPUs bound it
+    assert worker_slots(quarter, [{"CPU": 64.0, "GPU": 8.0}]) == 32
+    assert resource_problem(quarter, [{"CPU": 16.0, "GPU": 0.25}]) is None
+    msg = resource_problem(quarter, [{"CPU": 16.0, "GPU": 0.2}])
+    assert msg is not None and "needs 1 workers x 0.25 GPU = 0.25 GPUs" in msg
+    two = resources(use_gpu=True, gpus_per_worker=0.5,
+                num_workers=2, cpus_per_worker=1)
+    # two half-GPU workers fit one GPU, and two 0.4-GPU leftovers on two nodes do not
+    assert resource_problem(two, [{"CPU": 4.0, "GPU": 1.0}]) is None
+    msg = resource_problem(two, [{"CPU": 4.0, "GPU": 0.6}, {"CPU": 4.0, "GPU": 0.4}])
+    assert msg is not None and "hold only 1 such workers" in msg

@@ -287,17 +287,17 @@ def test_launch_report_resume_on_s3(s3_server: str) -> None:
 def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
     """As far as Ray goes without CUDA: on a Ray that declares 1 logical GPU, the concurrency
     sd-tune computes for 0.25-GPU single-worker trials is 4, and Ray runs 4 tasks holding the
-    workers' resources (sd_tune.ray_train.worker_resources) at the same time."""
+    workers' resources (sd_tune.cluster.worker_resources) at the same time."""
     script = textwrap.dedent("""
         import time, ray
         from sd_tune.config import space_from_dict
-        from sd_tune import ray_train, search
+        from sd_tune import cluster, search
         ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
         spec = space_from_dict({"resources": {"num_workers": 1, "use_gpu": True,
                                               "gpus_per_worker": 0.25, "cpus_per_worker": 0.5},
                                 "search": {"num_samples": 8}})
-        print("concurrency", search.concurrency(spec, ray_train.node_resources()))
-        res = ray_train.worker_resources(spec.trial)
+        print("concurrency", search.concurrency(spec, cluster.node_resources()))
+        res = cluster.worker_resources(spec.trial)
         @ray.remote(num_cpus=res["CPU"], num_gpus=res["GPU"])
         def hold():
             start = time.time(); time.sleep(3); return start, time.time()
