@@ -529,7 +529,7 @@ def find_autoscaler(head: dict[str, Any] | None = None) -> Autoscaler | None:
 
 
 def wait_for_nodes(trial: TrialConfig, plan: Plan, timeout_s: float,
-                   emit: Callable[[str], None] = print, poll_s: float = 2.0,
+                   say: Callable[[str], None] = print, poll_s: float = 2.0,
                    report_every_s: float = 30.0) -> str | None:
     """Place ``plan.concurrent`` placement groups of the trial's workers (the demand Tune's
     pending trials make) and wait up to ``timeout_s`` for the first to be placed; remove them
@@ -547,7 +547,7 @@ def wait_for_nodes(trial: TrialConfig, plan: Plan, timeout_s: float,
             ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, min(poll_s, left)))
             if ready:
                 up = [n for n in _alive_resources()]
-                emit(f"nodes for a trial are up after {time.monotonic() - start:.0f} s "
+                say(f"nodes for a trial are up after {time.monotonic() - start:.0f} s "
                      f"({node_list(up)})")
                 return None
             if left <= 0:
@@ -555,7 +555,7 @@ def wait_for_nodes(trial: TrialConfig, plan: Plan, timeout_s: float,
                                        head_failures(read_head()))
             if time.monotonic() - last >= report_every_s:
                 last = time.monotonic()
-                emit(_progress(time.monotonic() - start, read_head()))
+                say(_progress(time.monotonic() - start, read_head()))
     finally:
         for g in groups:
             remove_placement_group(g)

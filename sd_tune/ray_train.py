@@ -105,18 +105,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # One string, not a list: Tune's TensorBoard logger would try a list as a histogram.
         ray.train.report({**metrics, "worker_node_ids": node_ids}, checkpoint=checkpoint)
 
-    def log(line: str) -> None:  # epoch lines reach the driver through MetricsLog instead
-        if rank == 0 and not line.startswith("epoch"):
-            print(line, flush=True)
+    def say(line: str) -> None:
+        print(line, flush=True)
 
+    # The epoch lines reach the driver as metrics (MetricsLog, Tune), which prints them.
+    kwargs: dict[str, Any] = {"device": ray.train.torch.get_device(), "prepare_model": prepare,
+                              "say": say, "progress_lines": False}
     checkpoint = ray.train.get_checkpoint()
-    device = ray.train.torch.get_device()
     if checkpoint is None:
-        run_trial(trial, report, device=device, prepare_model=prepare, log=log)
+        run_trial(trial, report, **kwargs)
         return
     with checkpoint.as_directory() as resume_dir:
-        run_trial(trial, report, resume_dir=resume_dir, device=device, prepare_model=prepare,
-                  log=log, replay=bool(config.get("replay_history")))
+        run_trial(trial, report, resume_dir=resume_dir,
+                  replay=bool(config.get("replay_history")), **kwargs)
 
 
 class MetricsLog(UserCallback):

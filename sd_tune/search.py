@@ -222,10 +222,10 @@ class Progress(tune.Callback):
     total, best final objectives, elapsed time and time left; failed trials with their reason.
     Counts come from Tune's trial list, so they hold after a resume too."""
 
-    def __init__(self, spec: SpaceFile, emit: Callable[[str], None] = print,
+    def __init__(self, spec: SpaceFile, say: Callable[[str], None] = print,
                  interval_s: float = 10.0) -> None:
         self.spec = spec
-        self.emit = emit
+        self.say = say
         self.interval_s = interval_s
         self.start = time.monotonic()
         self.best: dict[str, float] = {}
@@ -238,6 +238,8 @@ class Progress(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A callback pickled by an older sd-tune (a resumed experiment) lacks newer fields."""
+        if "emit" in state:  # its old name
+            state["say"] = state.pop("emit")
         self.__dict__.update(state)
         for name, value in (("interval_s", 10.0), ("last_line", -math.inf), ("shown", set()),
                             ("latest", {}), ("epochs", 0)):
@@ -290,7 +292,7 @@ class Progress(tune.Callback):
         self.shown.add(trial.trial_id)
         search = self._search_left(trials)
         search_text = f", search ~{_fmt_duration(search)} left" if math.isfinite(search) else ""
-        self.emit(f"{_fmt_duration(now - self.start)} trial {trial.trial_id} epoch "
+        self.say(f"{_fmt_duration(now - self.start)} trial {trial.trial_id} epoch "
                   f"{int(report['epoch'])}/{int(report['epochs'])} val_acc "
                   f"{result['val_acc']:.4f} | {result['images_per_s']:.0f} img/s | trial "
                   f"~{_fmt_duration(self._left(report))} left{search_text}")
@@ -312,7 +314,7 @@ class Progress(tune.Callback):
             slots = max(1, running)
             eta = f", ~{_fmt_duration(per * (total - done - failed) / slots)} left"
         best = ", ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
-        self.emit(f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
+        self.say(f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
                   f"{failed} failed of {total} | best final {best}{eta}")
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -342,7 +344,7 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial)
-        self.emit(f"trial {trial.trial_id} failed: {trial_error(trial)}")
+        self.say(f"trial {trial.trial_id} failed: {trial_error(trial)}")
         self._status(trials, trial, failed_now=True)
 
 
@@ -461,10 +463,10 @@ class TrialRecords(tune.Callback):
     then stops)."""
 
     def __init__(self, spec: SpaceFile, exp_dir: str,
-                 emit: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print) -> None:
         self.exp_dir = exp_dir
         self.base = base_config(spec)
-        self.emit = emit
+        self.say = say
         self.history: dict[str, dict[int, dict[str, Any]]] = {}
         self.warned = False
         self.copied: tuple[str, int] | None = None  # the state file copied last, its mtime
@@ -551,7 +553,7 @@ class TrialRecords(tune.Callback):
                 STORAGE_FULL.set()
             if not self.warned:
                 self.warned = True
-                self.emit(f"sd-tune could not write {location}: {excerpt(str(err))[1:-1]}")
+                self.say(f"sd-tune could not write {location}: {excerpt(str(err))[1:-1]}")
             return False
         return True
 
@@ -808,7 +810,7 @@ def _full_message(exp_dir: str) -> str:
 
 
 def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
-               emit: Callable[[str], None] = print, max_failures: int = 1,
+               say: Callable[[str], None] = print, max_failures: int = 1,
                slots: int | None = None) -> str:
     """Run the whole experiment (Ray must be initialised); return its location. ``slots``:
     the trials at once when the autoscaler is to add nodes (``sd_tune.autoscale.scale_plan``);
@@ -820,7 +822,7 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
         slots = concurrency(spec, cluster.node_resources())
     else:
         slots = min(slots, spec.search.num_samples)
-    emit(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
+    say(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
          f"results in {exp_dir}")
     tuner = tune.Tuner(
         trainable(spec, root, max_failures),
@@ -828,14 +830,14 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
             search_alg=make_searcher(spec), scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples, max_concurrent_trials=max(slots, 1),
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune_run_config(spec, root, [Progress(spec, emit),
-                                                TrialRecords(spec, exp_dir, emit)]),
+        run_config=tune_run_config(spec, root, [Progress(spec, say),
+                                                TrialRecords(spec, exp_dir, say)]),
     )
     _fit(tuner, exp_dir)
     return exp_dir
 
 
-def resume_search(exp_dir: str, spec: SpaceFile, *, emit: Callable[[str], None] = print,
+def resume_search(exp_dir: str, spec: SpaceFile, *, say: Callable[[str], None] = print,
                   max_failures: int = 1) -> str:
     """Continue the interrupted experiment at ``exp_dir`` (an absolute path or a URI), whose
     saved space is ``spec`` (``load_spec``) and whose state ``check_state`` has checked:
@@ -844,10 +846,10 @@ def resume_search(exp_dir: str, spec: SpaceFile, *, emit: Callable[[str], None] 
     was full run again from their last checkpoint (and with them any other failed trial:
     Tune resumes failed trials all or none)."""
     root = store.parent(exp_dir)
-    emit(f"resuming experiment {spec.name} in {exp_dir}")
+    say(f"resuming experiment {spec.name} in {exp_dir}")
     full = disk_full_failures(exp_dir)
     if full:
-        emit(f"{len(full)} trial(s) failed on the full storage; they run again")
+        say(f"{len(full)} trial(s) failed on the full storage; they run again")
     _tune_settings()  # the restored run config brings the loggers and callbacks, not these
     tuner = tune.Tuner.restore(exp_dir, trainable=trainable(spec, root, max_failures),
                                resume_unfinished=True, resume_errored=bool(full),

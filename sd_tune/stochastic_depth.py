@@ -265,20 +265,33 @@ def stochastic_residual(
     x: Tensor,
     branch: Callable[[Tensor], Tensor],
     identity: Tensor,
-    p: float | Tensor,
+    drop_rate: float | Tensor,
     *,
     training: bool,
     stochastic_method: str = "sample",
     scale_by_keep: bool = False,
     sample_impl: str = "mask",
 ) -> Tensor:
-    """``relu(identity + drop(branch(x)))``: the output of a ResNet block with drop rate ``p``.
+    """``relu(identity + drop(branch(x)))``: the output of a ResNet block.
+
+    Args:
+        x: the block's input, batch first.
+        branch: the residual branch; it must return a fresh tensor (a BatchNorm output is),
+            which the result may be computed in.
+        identity: the shortcut's output for ``x``.
+        drop_rate: this block's drop rate ``p``; a 0-dim tensor works for ``sample``/``mask``
+            and eval (what compiled code passes).
+        training: drop (and draw) only in training; eval is deterministic and scales the
+            branch by ``1 - p`` unless ``scale_by_keep``.
+        stochastic_method: ``"sample"`` (per row) or ``"block"`` (the whole batch).
+        scale_by_keep: divide kept branches by ``1 - p`` in training instead.
+        sample_impl: ``"mask"`` (the branch on every row, times a 0/1 mask) or ``"subset"``
+            (the branch on the kept rows only).
 
     Training draws from torch's RNGs (the mask on ``x``'s device; ``block`` and ``subset``
-    decisions on the CPU); eval is deterministic and scales the branch by ``1 - p`` unless
-    ``scale_by_keep``. ``p`` may be a 0-dim tensor for ``sample``/``mask`` and eval. The
-    result never aliases ``x``. Under torch.compile prefer the modules
-    (:class:`StochasticResidual`, surgery), which compile ``block`` and ``subset`` per region.
+    decisions on the CPU, so no draw waits for the device). The result never aliases ``x``.
+    Under torch.compile prefer the modules (:class:`StochasticResidual`, surgery), which
+    compile ``block`` and ``subset`` region by region.
 
     >>> import torch
     >>> x = torch.ones(4, 2)
@@ -286,11 +299,12 @@ def stochastic_residual(
     tensor([2., 2.])
     """
     if not training:
-        return residual_relu(branch(x), identity, 1.0 if scale_by_keep else 1.0 - p)
+        return residual_relu(branch(x), identity, 1.0 if scale_by_keep else 1.0 - drop_rate)
     if stochastic_method == "sample" and sample_impl == "mask":
         return residual_relu(branch(x), identity,
-                             mask_scale(x.shape[0], 1.0 - p, scale_by_keep, x.device))
-    return _host_forward(_Unit(branch, identity, float(p), stochastic_method, scale_by_keep), x)
+                             mask_scale(x.shape[0], 1.0 - drop_rate, scale_by_keep, x.device))
+    unit = _Unit(branch, identity, float(drop_rate), stochastic_method, scale_by_keep)
+    return _host_forward(unit, x)
 
 
 class StochasticResidualBase(nn.Module):

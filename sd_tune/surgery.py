@@ -146,10 +146,26 @@ def apply_stochastic_depth(
 ) -> nn.Module:
     """Replace the residual blocks of ``model`` with stochastic ones, in place; return ``model``.
 
-    Blocks are numbered in forward order; block ``i`` of ``L`` gets ``drop_rate`` (uniform)
-    or ``drop_rate * (i + 1) / L`` (linear). With ``drop_warmup > 0`` the rates start at 0:
-    call :func:`set_drop_progress` (or ``StochasticDepth.set_progress``) as training goes.
-    Apply it before wrapping the model in DDP.
+    Args:
+        model: a plain model, before DDP wraps it (torchvision ResNets, sd-tune's CIFAR
+            ResNets, or any block with ``residual_branch(x)`` and ``shortcut(x)`` methods).
+        target_layer_name: the blocks to replace: ``"Bottleneck"``, ``"BasicBlock"``,
+            ``"ResNetBottleneck"`` (the reference library's name for ``"Bottleneck"``),
+            ``"CifarBasicBlock"``, or ``"auto"`` (every residual block surgery knows).
+        stochastic_method: ``"sample"`` (each sample of a batch drops its branch on its own) or
+            ``"block"`` (one draw for the whole batch).
+        drop_rate: the rate ``r`` the distribution spreads over the blocks.
+        drop_distribution: ``"uniform"`` (every block ``r``) or ``"linear"`` (block ``i`` of
+            ``L`` in forward order gets ``r * (i + 1) / L``).
+        drop_warmup: a fraction of training over which the rates ramp up from 0; drive it with
+            :func:`set_drop_progress` (or ``StochasticDepth.set_progress``).
+        scale_by_keep: divide kept branches by ``1 - p`` in training (timm's rule) instead of
+            scaling the branch by ``1 - p`` at eval (the paper's).
+        sample_impl: for ``"sample"``: ``"mask"`` or ``"subset"`` (the branch on the kept rows
+            only; BatchNorm then sees only them).
+
+    Parameter and buffer names do not change, so a ``state_dict`` loads either way. Invalid
+    arguments raise ``ValueError`` before anything is changed.
 
     >>> import torchvision
     >>> model = apply_stochastic_depth(torchvision.models.resnet50(), "Bottleneck", "sample", 0.1)

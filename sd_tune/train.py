@@ -385,9 +385,11 @@ def run_trial(
     resume_dir: str | Path | None = None,
     device: torch.device | str | None = None,
     prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-    log: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = None,
+    progress_lines: bool = True,
     splits: Splits | None = None,
     replay: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Train one configuration; call ``report(metrics, checkpoint_dir)`` after every epoch.
 
@@ -400,11 +402,15 @@ def run_trial(
         device: default ``cuda:<local rank>`` when CUDA is available, else CPU.
         prepare_model: wraps the model (Ray's ``prepare_model`` with
             ``parallel_strategy_kwargs=ddp_kwargs(sd)``); default DDP when distributed.
-        log: gets one line per epoch on rank 0 (default ``print``).
+        say: where rank 0's lines go (default ``print``): one per epoch
+            (:func:`progress_line`) and what a resume does.
+        progress_lines: False leaves the epoch lines out (a caller that shows the metrics
+            itself, such as the Ray Train glue, whose driver prints them).
         splits: replaces the data that ``cfg.dataset`` describes.
         replay: a resumed run first reports every epoch the checkpoint has already seen again
             (no checkpoint with them), for a caller whose record of them was lost, such as a
             restored Tune trial.
+        log: the old name of ``say``.
 
     Rank and world size come from ``torch.distributed`` when it is initialised (else 0 / 1).
     Each report holds the metrics of :data:`sd_tune.config.EPOCH_METRICS` (finite floats;
@@ -425,7 +431,7 @@ def run_trial(
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-    say = (log or print) if rank == 0 else (lambda _line: None)
+    say = (say or log or print) if rank == 0 else (lambda _line: None)
     with _deterministic(cfg.train.deterministic):
         trial = setup_trial(cfg, device=device, rank=rank, world_size=world_size,
                             splits=splits, prepare_model=prepare_model)
@@ -435,7 +441,8 @@ def run_trial(
         for epoch in range(state.start_epoch, cfg.train.epochs + 1):
             totals = train_one_epoch(trial, state, epoch)
             metrics = epoch_metrics(trial, state, epoch, totals, t_start)
-            say(progress_line(metrics, cfg.train.epochs))
+            if progress_lines:
+                say(progress_line(metrics, cfg.train.epochs))
             save_and_report(trial, state, metrics, report)
         return state.metrics
 
