@@ -27,7 +27,7 @@ from sd_tune.vocab import (
     arch_name,
 )
 
-# Every metric a trial reports after each epoch (DESIGN.md §3); test_acc comes once at the end.
+# Every metric a trial reports after each epoch (docs/design.md §3); test_* come once at the end.
 EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
                  "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth",
                  "compile_time_s")

@@ -1,4 +1,4 @@
-"""Results of a search: Pareto fronts, time to accuracy, files and TensorBoard (DESIGN.md §4).
+"""Results of a search: Pareto fronts, time to accuracy, files and TensorBoard (docs/design.md §4).
 
 The input is a list of trial records, plain JSON-serialisable dicts handed over by the search
 layer::

@@ -1,6 +1,6 @@
 """Stochastic depth ops: argument checks, per-block rate schedules, warmup and the residual drop.
 
-Pure torch. Models, surgery, Ray and files live elsewhere (see DESIGN.md §1).
+Pure torch. Models, surgery, Ray and files live elsewhere; docs/design.md §2 is the contract.
 
 How the drops run, eager and under ``torch.compile``:
 

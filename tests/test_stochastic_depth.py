@@ -1,4 +1,4 @@
-"""The stochastic-depth contract (DESIGN.md §2) on single blocks: drop frequencies, rates 0
+"""The stochastic-depth contract (docs/design.md §2) on single blocks: drop frequencies, rates 0
 and 1, eval scaling, warmup arithmetic and argument checks."""
 
 from __future__ import annotations
