@@ -12,14 +12,10 @@ import triton.language as tl
 
 
 @triton.jit
-def residual_relu_fwd(branch, identity, out, pos, row_scale, scale, width,
-                      HAS_POS: tl.constexpr, ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr):
-    """``out[r] = relu(identity[r] + s_r * branch[src_r])``; ``src_r = pos[r]`` (no branch
-    term where it is -1) with HAS_POS, else ``r``; ``s_r = row_scale[r]`` or ``scale``."""
-    row = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < width
-    y = tl.load(identity + row * width + cols, mask=inside).to(tl.float32)
+def _source_and_scale(pos, row_scale, scale, row, HAS_POS: tl.constexpr,
+                      ROW_SCALE: tl.constexpr):
+    """Row ``row``'s branch row (``pos[row]``, -1 for none, with HAS_POS; else ``row``) and
+    its factor (``row_scale[row]`` with ROW_SCALE; else ``scale``)."""
     if HAS_POS:
         src = tl.load(pos + row).to(tl.int64)
     else:
@@ -28,6 +24,19 @@ def residual_relu_fwd(branch, identity, out, pos, row_scale, scale, width,
         s = tl.load(row_scale + row)
     else:
         s = scale
+    return src, s
+
+
+@triton.jit
+def residual_relu_fwd(branch, identity, out, pos, row_scale, scale, width,
+                      HAS_POS: tl.constexpr, ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """``out[r] = relu(identity[r] + s_r * branch[src_r])``; ``src_r = pos[r]`` (no branch
+    term where it is -1) with HAS_POS, else ``r``; ``s_r = row_scale[r]`` or ``scale``."""
+    row = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < width
+    y = tl.load(identity + row * width + cols, mask=inside).to(tl.float32)
+    src, s = _source_and_scale(pos, row_scale, scale, row, HAS_POS, ROW_SCALE)
     b = tl.load(branch + src * width + cols, mask=inside & (src >= 0), other=0.0)
     y = y + b.to(tl.float32) * s
     y = tl.where(y <= 0.0, 0.0, y)  # torch.relu: NaN stays NaN
@@ -49,14 +58,7 @@ def residual_relu_bwd(grad, out, grad_identity, grad_branch, pos, row_scale, sca
     tl.store(grad_identity + row * width + cols, gi.to(grad_identity.dtype.element_ty),
              mask=inside)
     if WRITE_BRANCH:
-        if HAS_POS:
-            src = tl.load(pos + row).to(tl.int64)
-        else:
-            src = row
-        if ROW_SCALE:
-            s = tl.load(row_scale + row)
-        else:
-            s = scale
+        src, s = _source_and_scale(pos, row_scale, scale, row, HAS_POS, ROW_SCALE)
         tl.store(grad_branch + src * width + cols, (gi * s).to(grad_branch.dtype.element_ty),
                  mask=inside & (src >= 0))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cluster import alive, descendants, free_ports, list_nodes
+from test_cluster import free_ports, list_nodes, stop_tree
 
 from sd_tune.autoscale import (
     Autoscaler,
@@ -209,20 +208,7 @@ def fake_cluster() -> Iterator[FakeCluster]:
             time.sleep(2)
         yield FakeCluster(f"127.0.0.1:{gcs}", env, root)
     finally:
-        tree = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)  # the provider's nodes are in its session
-        deadline = time.monotonic() + 60
-        while alive(tree) and time.monotonic() < deadline:
-            time.sleep(1)
-        left = alive(tree)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        if not os.environ.get("SD_TUNE_KEEP_CLUSTER_LOGS"):
-            import shutil
-
-            shutil.rmtree(root, ignore_errors=True)
-        assert not left, f"Ray processes left after SIGTERM: {sorted(left)}"
+        stop_tree(procs, root, group=True)  # the provider's nodes are in the head's session
 
 
 def launch(cluster: FakeCluster, tmp_path: Path, space: str, *args: str,

@@ -157,18 +157,28 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", dashboard, env, head[0],
                       node2[0], root, hidden)
     finally:
-        tree = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
-        for p in procs:
+        stop_tree(procs, root)
+
+
+def stop_tree(procs: list[subprocess.Popen], root: Path, *, group: bool = False) -> None:
+    """SIGTERM the processes (their whole session with ``group``), SIGKILL what is left after
+    60 s, remove ``root`` (unless SD_TUNE_KEEP_CLUSTER_LOGS is set, to read Ray's logs after),
+    and fail if any process of theirs had to be killed."""
+    tree = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
+    for p in procs:
+        if group:
+            os.killpg(p.pid, signal.SIGTERM)
+        else:
             p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while alive(tree) and time.monotonic() < deadline:
-            time.sleep(1)
-        left = alive(tree)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        if not os.environ.get("SD_TUNE_KEEP_CLUSTER_LOGS"):  # set it to read Ray's logs after
-            shutil.rmtree(root, ignore_errors=True)
-        assert not left, f"Ray processes left after SIGTERM: {sorted(left)}"
+    deadline = time.monotonic() + 60
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(1)
+    left = alive(tree)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    if not os.environ.get("SD_TUNE_KEEP_CLUSTER_LOGS"):
+        shutil.rmtree(root, ignore_errors=True)
+    assert not left, f"Ray processes left after SIGTERM: {sorted(left)}"
 
 
 def job_status(cluster: Cluster, job_id: str) -> str:
