@@ -2,13 +2,15 @@
 process (same images, same load):
 
 - ``pil``: sd-tune's PIL path (decode, RandomResizedCrop(224), flip, ToTensor, normalise), the
-  work of one DataLoader process on a CPU trial, and before sd_tune.jpeg on GPU trials too;
+  work of one DataLoader process on a CPU trial, and before sd_tune.data.device_decode on GPU
+  trials too;
 - ``loader``: what a DataLoader process still does when the batch is decoded on the GPU
-  (sd_tune.jpeg.EncodedImages: read the file, here from the page cache, parse the JPEG
-  header, hand over a tensor);
-- ``cpu-decode``: sd_tune.jpeg's device path run with the CPU as the device (decode_jpeg on a
-  list of 32 images with libjpeg-turbo, the crop and resize with torch ops). On a GPU the same
-  call decodes with nvJPEG; this machine has none, so that rate is not measured here.
+  (sd_tune.data.device_decode.EncodedImages: read the file, here from the page cache, parse
+  the JPEG header, hand over a tensor);
+- ``cpu-decode``: sd_tune.data.device_decode's device path run with the CPU as the device
+  (decode_jpeg on a list of 32 images with libjpeg-turbo, the crop and resize with torch ops).
+  On a GPU the same call decodes with nvJPEG; this machine has none, so that rate is not
+  measured here.
 
 No ImageNet here, so the images are synthetic 500x375 JPEGs (ImageNet's typical size) at
 quality 90, about 90 KB each (ImageNet's average is ~110 KB). Prints images/s per core for
@@ -31,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sd_tune.data import _imagenet_transforms
-from sd_tune.jpeg import EncodedImages, decode_on, train_view
+from sd_tune.data.device_decode import EncodedImages, decode_on, train_view
+from sd_tune.data.formats import _imagenet_transforms
 
 GPU_RATE = 6800.0  # compiled ResNet-50 on one H200, as measured for the issue (images/s)
 

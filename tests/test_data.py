@@ -224,7 +224,7 @@ def test_missing_fashion_mnist_lists_places(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SD_TUNE_DATA", raising=False)
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIRS", (tmp_path / "nodebian",))
+    monkeypatch.setattr(data.formats, "FASHION_MNIST_SYSTEM_DIRS", (tmp_path / "nodebian",))
     empty = tmp_path / "empty"
     with pytest.raises(FileNotFoundError) as info:
         load_splits("fashion_mnist", root=empty)

@@ -1,6 +1,6 @@
-"""sd_tune.jpeg: ImageNet batches decoded on the training device, run here on the CPU (the
-same code that decodes with nvJPEG on a GPU: torchvision's decode_jpeg with a list of images)
-over small JPEGs the tests write, with the odd files ImageNet holds (grayscale, CMYK,
+"""sd_tune.data.device_decode: ImageNet batches decoded on the training device, run here on
+the CPU (the same code that decodes with nvJPEG on a GPU: torchvision's decode_jpeg with a list
+of images) over small JPEGs the tests write, with the odd files ImageNet holds (grayscale, CMYK,
 progressive, a PNG named .JPEG)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sd_tune.data import TorchLoader, load_splits, make_loaders
-from sd_tune.jpeg import (
+from sd_tune.data.device_decode import (
     DeviceDecodeLoader,
     EncodedImages,
     crop_params,

@@ -5,7 +5,7 @@ resized, flipped and normalised there.
 
 One GPU at the compiled ResNet-50 rate measured on an H200 (~6,800 images/s) needs about 16
 cores of PIL decoding (``benchmarks/imagenet_decode.py``); here the loader processes only read
-bytes and parse a JPEG header. The recipe is the PIL path's (``sd_tune.data``):
+bytes and parse a JPEG header. The recipe is the PIL path's (``sd_tune.data.formats``):
 RandomResizedCrop(size, scale (0.08, 1), ratio (3/4, 4/3)) and a horizontal flip for
 training; resize of the short side to ``round(256 * size / 224)`` and a centre crop for
 evaluation; bilinear resampling with antialiasing on float pixels (PIL works on 8-bit pixels,
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sd_tune.data.samplers import ShardSampler, rank_sampler, seed_from
 
 DECODERS: tuple[str, ...] = ("auto", "pil", "device")
 
@@ -100,14 +102,27 @@ class EncodedImages(Dataset):
 
 def collate_encoded(batch: list[tuple[torch.Tensor, int, bool]]
                     ) -> tuple[list[torch.Tensor], list[bool], torch.Tensor]:
-    """Keep the images as a list (each has its own size): (images, is_jpeg, labels)."""
+    """Keep the images as a list (each has its own size): (images, is_jpeg, labels).
+
+    >>> batch = [(torch.zeros(5), 3, True), (torch.zeros(9), 1, True)]
+    >>> images, is_jpeg, labels = collate_encoded(batch)
+    >>> [len(i) for i in images], labels.tolist()
+    ([5, 9], [3, 1])
+    """
     return ([b[0] for b in batch], [b[2] for b in batch],
             torch.tensor([b[1] for b in batch], dtype=torch.int64))
 
 
 def decode_on(device: torch.device, datas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Decode JPEG bytes (1-D uint8 CPU tensors) to RGB uint8 images on ``device``: one batched
-    call; if the batch fails, image by image, and an image the device refuses on the CPU."""
+    call; if the batch fails, image by image, and an image the device refuses on the CPU.
+
+    >>> import io; from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (40, 30)).save(buf, "JPEG")
+    >>> data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    >>> [tuple(img.shape) for img in decode_on(torch.device("cpu"), [data, data])]
+    [(3, 30, 40), (3, 30, 40)]
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not datas:
@@ -170,7 +185,12 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def train_view(img: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """A random resized crop of ``img`` (C x H x W) to ``size`` x ``size``, flipped with
-    probability 1/2; float 1 x C x size x size in [0, 255]."""
+    probability 1/2; float 1 x C x size x size in [0, 255].
+
+    >>> img = torch.zeros(3, 300, 400, dtype=torch.uint8)
+    >>> tuple(train_view(img, 224, torch.Generator().manual_seed(0)).shape)
+    (1, 3, 224, 224)
+    """
     top, left, h, w = crop_params(img.shape[-2], img.shape[-1], gen)
     out = _resize(img[:, top:top + h, left:left + w], (size, size))
     if bool(torch.rand(1, generator=gen) < 0.5):
@@ -180,7 +200,11 @@ def train_view(img: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
 
 def eval_view(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the short side to ``round(256 * size / 224)`` (torchvision's Resize rule for the
-    long side) and crop the centre ``size`` x ``size``; float 1 x C x size x size."""
+    long side) and crop the centre ``size`` x ``size``; float 1 x C x size x size.
+
+    >>> tuple(eval_view(torch.zeros(3, 300, 400, dtype=torch.uint8), 224).shape)
+    (1, 3, 224, 224)
+    """
     short = round(256 * size / 224)
     h, w = img.shape[-2], img.shape[-1]
     new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
@@ -190,13 +214,9 @@ def eval_view(img: torch.Tensor, size: int) -> torch.Tensor:
     return out[..., top:top + size, left:left + size]
 
 
-def _seed_int(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 class DeviceDecodeLoader:
     """Batches of an ImageFolder split decoded and augmented on ``device`` (see the module
-    docstring); the same sharding as ``sd_tune.data.TorchLoader``: training uses a
+    docstring); the same sharding as ``sd_tune.data.loaders.TorchLoader``: training uses a
     ``DistributedSampler`` (shuffle with ``seed + epoch``, drop_last), evaluation each sample
     once over all ranks. Crops and flips are drawn from ``(seed, epoch, rank)``."""
 
@@ -204,20 +224,14 @@ class DeviceDecodeLoader:
                  image_size: int, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
                  seed: int = 0, num_workers: int = 8, channels_last: bool = False):
-        from sd_tune.data import ShardSampler
-
         self.device = torch.device(device)
         self.train = train
         self.image_size = image_size
         self.seed, self.rank, self.epoch = seed, rank, 0
         self.channels_last = channels_last
         dataset = EncodedImages(samples)
-        self.sampler: DistributedSampler | ShardSampler
-        if train:
-            self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
-                                              shuffle=True, seed=seed, drop_last=True)
-        else:
-            self.sampler = ShardSampler(len(dataset), rank, world_size)
+        self.sampler: DistributedSampler | ShardSampler = rank_sampler(
+            dataset, train=train, rank=rank, world_size=world_size, seed=seed)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
                                  num_workers=num_workers, collate_fn=collate_encoded,
                                  drop_last=train, persistent_workers=num_workers > 0)
@@ -241,7 +255,7 @@ class DeviceDecodeLoader:
         return [next(decoded) if j else d.to(self.device) for d, j in zip(items, is_jpeg)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(_seed_int(self.seed, self.epoch, self.rank))
+        gen = torch.Generator().manual_seed(seed_from(self.seed, self.epoch, self.rank))
         size = self.image_size
         for items, is_jpeg, y in self.loader:
             images = self._images(items, is_jpeg)
