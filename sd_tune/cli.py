@@ -110,14 +110,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _preflight_data(trial) -> None:
     """Fail before Ray starts when the data is not there (one message, what to do)."""
-    from sd_tune.data import load_splits
+    from sd_tune.data import load_dataset
 
-    d = trial.dataset
     try:
-        load_splits(d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
-                    split_seed=d.split_seed, max_train_samples=d.max_train_samples,
-                    train_fraction=d.train_fraction, max_eval_samples=d.max_eval_samples,
-                    image_size=d.image_size)
+        load_dataset(trial.dataset)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sd_tune.config import TrainConfig, TrialConfig
-from sd_tune.data import Loader, Splits, load_splits, make_loaders
+from sd_tune.data import Loader, Splits, load_dataset, make_loaders
 from sd_tune.models import build_model
 from sd_tune.surgery import StochasticDepth, expected_depth
 
@@ -494,11 +494,7 @@ def setup_trial(cfg: TrialConfig, *, device: torch.device, rank: int = 0, world_
     on_gpu = device.type == "cuda"
     channels_last = on_gpu and t.channels_last
     if splits is None:
-        splits = load_splits(d.name, root=d.root, download=d.download,
-                             val_fraction=d.val_fraction, split_seed=d.split_seed,
-                             max_train_samples=d.max_train_samples,
-                             train_fraction=d.train_fraction,
-                             max_eval_samples=d.max_eval_samples, image_size=d.image_size)
+        splits = load_dataset(d)
     if d.shuffle_labels:
         splits = _shuffle_train_labels(splits, d.split_seed)
     if len(splits.val) == 0:  # type: ignore[arg-type]
