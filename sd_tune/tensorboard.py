@@ -62,11 +62,12 @@ if TYPE_CHECKING:
 TENSORBOARD_DIR = "tensorboard"  # under the experiment folder
 MAX_DISCRETE = 50  # an hparam with more values gets an interval (numbers) or no domain
 
-# The settings the drop-rate figure plots; the method's key under either of its names.
+# The settings the drop-rate figure plots; the method under its name and under its old one
+# (``method``, in the records of experiments from before the rename).
 DROP_RATE = "stochastic_depth.drop_rate"
 DEPTH = "model.depth"
 DISTRIBUTION = "stochastic_depth.drop_distribution"
-METHOD_KEYS = ("stochastic_depth.method", "stochastic_depth.stochastic_method")
+METHOD_KEYS = ("stochastic_depth.stochastic_method", "stochastic_depth.method")
 
 # Axis labels of the metrics and settings figures show: what it is, and its unit.
 AXIS_LABELS = {
@@ -250,7 +251,7 @@ def drop_rate_figure(records: Sequence[Record], objective: Objective) -> Figure:
     >>> recs = [{"trial_id": t, "status": "completed", "final": {"val_acc": acc},
     ...          "params": {"stochastic_depth.drop_rate": rate, "model.depth": depth},
     ...          "config": {"stochastic_depth.drop_distribution": "linear",
-    ...                     "stochastic_depth.method": "sample"}}
+    ...                     "stochastic_depth.stochastic_method": "sample"}}
     ...         for t, acc, rate, depth in (("a", .9, .1, 20), ("b", .8, .5, 56))]
     >>> ax = drop_rate_figure(recs, Objective("val_acc", "max")).axes[0]
     >>> ax.get_xlabel(), [t.get_text() for t in ax.get_legend().get_texts()]

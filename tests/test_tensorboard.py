@@ -25,7 +25,7 @@ def trial(trial_id: str, status: str, acc: float, secs: float, *, rate: float, d
             "final": {"val_acc": acc, "train_time_s": secs},
             "params": {"stochastic_depth.drop_rate": rate, "model.depth": depth},
             "config": {"stochastic_depth.drop_distribution": distribution,
-                       "stochastic_depth.method": method}}
+                       "stochastic_depth.stochastic_method": method}}
 
 
 def crowded_front(n: int = 12) -> list[dict[str, Any]]:
@@ -64,21 +64,24 @@ def test_drop_rate_figure_one_colour_per_depth_one_marker_per_distribution_and_m
     records = [trial("a", "completed", 0.90, 10, rate=0.1, depth=20),
                trial("b", "completed", 0.88, 10, rate=0.3, depth=56, distribution="uniform"),
                trial("c", "stopped_early", 0.70, 5, rate=0.5, depth=20, method="block"),
+               {**trial("f", "completed", 0.85, 5, rate=0.4, depth=20),  # the method's old key
+                "config": {"stochastic_depth.drop_distribution": "uniform",
+                           "stochastic_depth.method": "block"}},
                trial("d", "failed", 0.99, 5, rate=0.2, depth=20),  # partial: not shown
                {"trial_id": "e", "status": "completed", "final": {"val_acc": 0.8}}]  # no rate
     ax = drop_rate_figure(records, Objective("val_acc", "max")).axes[0]
     assert ax.get_xlabel() == "drop rate" and ax.get_ylabel() == "validation accuracy"
     assert "maximise val_acc" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "depth 20", "depth 56", "linear, block", "linear, sample", "uniform, sample",
-        "hollow: stopped early"]
+        "depth 20", "depth 56", "linear, block", "linear, sample", "uniform, block",
+        "uniform, sample", "hollow: stopped early"]
     points = {}
     for collection in ax.collections:
         for (x, y) in collection.get_offsets():
             edge = tuple(collection.get_edgecolors()[0])
             face = collection.get_facecolors()
             points[round(float(x), 3), round(float(y), 3)] = (edge, len(face) and face[0][3])
-    assert set(points) == {(0.1, 0.9), (0.3, 0.88), (0.5, 0.7)}
+    assert set(points) == {(0.1, 0.9), (0.3, 0.88), (0.5, 0.7), (0.4, 0.85)}
     assert points[0.1, 0.9][0] == points[0.5, 0.7][0] == to_rgba("C0")  # depth 20
     assert points[0.3, 0.88][0] == to_rgba("C1")  # depth 56
     assert points[0.1, 0.9][1] == 1 and points[0.5, 0.7][1] == 0  # stopped early: hollow
