@@ -123,8 +123,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 class MetricsLog(UserCallback):
     """Runs in the Train controller (on the driver's node): appends every rank-0 report to
     ``metrics.jsonl`` and writes its metrics as TensorBoard scalars, both in ``run_dir``. The
-    TensorBoard writer of ``sd-tune train``; a search's entries are its report's
-    (``sd_tune.tensorboard``)."""
+    TensorBoard writer of ``sd-tune train``; a search's are Tune's logger (``ScalarsOnlyTBX``,
+    live curves per trial) and its report (``sd_tune.tensorboard``)."""
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir

@@ -34,7 +34,7 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -756,10 +756,12 @@ def _plain(value: Any) -> bool:
 # --------------------------------------------------------------------------- running
 
 
-class ScalarsOnlyTBX(tune.Callback):
-    """Writes nothing. It was Tune's TensorBoard logger, whose per-epoch scalars the report
-    now writes (``sd_tune.tensorboard``); the name stays so that the saved state of an
-    experiment launched with it (``tuner.pkl`` holds the run's callbacks) still resumes."""
+class ScalarsOnlyTBX(TBXLoggerCallback):
+    """Tune's TensorBoard logger without its HParams entries: TensorBoard shows one HParams
+    experiment per logdir, and sd-tune's report writes the one with every trial's results."""
+
+    def _try_log_hparams(self, trial: Any, result: dict) -> None:
+        return None
 
 
 def _tune_settings() -> None:
@@ -767,15 +769,15 @@ def _tune_settings() -> None:
     # Tune's own tables and banners would bury the progress lines: the legacy reporter at
     # verbosity 0 prints nothing.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # Tune's default loggers less its TensorBoard one, listed in tune_run_config: a search's
-    # TensorBoard entries are the report's (sd_tune.tensorboard).
+    # Tune's default loggers, listed in tune_run_config so that its TensorBoard one can leave
+    # HParams out.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     cluster.driver_log()
 
 
 def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
     _tune_settings()
-    loggers = [JsonLoggerCallback(), CSVLoggerCallback()]
+    loggers = [JsonLoggerCallback(), CSVLoggerCallback(), ScalarsOnlyTBX()]
     return tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
                           callbacks=[*loggers, *callbacks], stop=StopWhenStorageFull(),
                           failure_config=tune.FailureConfig(max_failures=0))
