@@ -87,8 +87,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per path and round")
-    parser.add_argument("--gpu-rate", type=float, default=GPU_RATE,
-                        help="images/s of one GPU, for the cores it needs (default 6800)")
+    parser.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=GPU_RATE,
+        help="images/s of one GPU, for the cores it needs (default 6800)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     files = synthetic_jpegs(32)
@@ -102,12 +106,17 @@ def main() -> None:
             while time.perf_counter() - start < args.seconds:
                 n += fn()
             rates[name].append(n / (time.perf_counter() - start))
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items())
-              + " images/s per core")
+        print(
+            f"round {r}: "
+            + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items())
+            + " images/s per core"
+        )
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"{name:>10}: median {rate:8.0f} images/s per core; one GPU at "
-              f"{args.gpu_rate:.0f} images/s needs {args.gpu_rate / rate:6.2f} cores")
+        print(
+            f"{name:>10}: median {rate:8.0f} images/s per core; one GPU at "
+            f"{args.gpu_rate:.0f} images/s needs {args.gpu_rate / rate:6.2f} cores"
+        )
     tmp.cleanup()
 
 

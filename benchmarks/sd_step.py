@@ -63,12 +63,24 @@ MODELS: dict[str, tuple[str, int, int, int]] = {
     "cifar_resnet20_fmnist": ("cifar_resnet20", 28, 128, 1),
 }
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"device": "cpu", "models": ["resnet50", "cifar_resnet110"], "bf16": False,
-            "channels_last": False, "compile": [False], "steps_per_round": 2, "rounds": 12},
-    "gpu": {"device": "cuda", "models": ["resnet50_224", "cifar_resnet110_b128",
-                                         "cifar_resnet20_fmnist"],
-            "bf16": True, "channels_last": True, "compile": [False, True],
-            "steps_per_round": 5, "rounds": 10},
+    "cpu": {
+        "device": "cpu",
+        "models": ["resnet50", "cifar_resnet110"],
+        "bf16": False,
+        "channels_last": False,
+        "compile": [False],
+        "steps_per_round": 2,
+        "rounds": 12,
+    },
+    "gpu": {
+        "device": "cuda",
+        "models": ["resnet50_224", "cifar_resnet110_b128", "cifar_resnet20_fmnist"],
+        "bf16": True,
+        "channels_last": True,
+        "compile": [False, True],
+        "steps_per_round": 5,
+        "rounds": 10,
+    },
 }
 # name -> how to build it: None is the plain model; "anchor" torchvision's op; else the
 # apply_stochastic_depth arguments. "warmup": rates change every step (drop warmup).
@@ -76,26 +88,44 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "plain": None,
     "torchvision_0.1": {"anchor": 0.1},
     "sample_mask_0.1": {"stochastic_method": "sample", "sample_impl": "mask", "drop_rate": 0.1},
-    "sample_mask_0.1_warmup": {"stochastic_method": "sample", "sample_impl": "mask",
-                               "drop_rate": 0.1, "warmup": True},
+    "sample_mask_0.1_warmup": {
+        "stochastic_method": "sample",
+        "sample_impl": "mask",
+        "drop_rate": 0.1,
+        "warmup": True,
+    },
     "sample_mask_0.5": {"stochastic_method": "sample", "sample_impl": "mask", "drop_rate": 0.5},
-    "sample_subset_0.5": {"stochastic_method": "sample", "sample_impl": "subset",
-                          "drop_rate": 0.5},
+    "sample_subset_0.5": {"stochastic_method": "sample", "sample_impl": "subset", "drop_rate": 0.5},
     "block_0.5": {"stochastic_method": "block", "drop_rate": 0.5},
-    "sample_mask_0.1_torchops": {"stochastic_method": "sample", "sample_impl": "mask",
-                                 "drop_rate": 0.1, "torchops": True},
-    "sample_subset_0.5_torchops": {"stochastic_method": "sample", "sample_impl": "subset",
-                                   "drop_rate": 0.5, "torchops": True},
+    "sample_mask_0.1_torchops": {
+        "stochastic_method": "sample",
+        "sample_impl": "mask",
+        "drop_rate": 0.1,
+        "torchops": True,
+    },
+    "sample_subset_0.5_torchops": {
+        "stochastic_method": "sample",
+        "sample_impl": "subset",
+        "drop_rate": 0.5,
+        "torchops": True,
+    },
     "block_0.5_torchops": {"stochastic_method": "block", "drop_rate": 0.5, "torchops": True},
 }
 DEFAULT_CONFIGS = [c for c in CONFIGS if not c.endswith("_torchops")]
 # (configuration, compiled) -> the issue's goal for the ratio to plain (ResNet-50 only)
 TARGETS = {
-    "cpu": {("sample_mask_0.1", False): 1.02, ("sample_subset_0.5", False): 0.85,
-            ("block_0.5", False): 0.80},
-    "cuda": {("sample_mask_0.1", False): 1.05, ("sample_subset_0.5", False): 0.85,
-             ("block_0.5", False): 0.80, ("sample_mask_0.1", True): 1.02,
-             ("sample_mask_0.1_warmup", True): 1.02},
+    "cpu": {
+        ("sample_mask_0.1", False): 1.02,
+        ("sample_subset_0.5", False): 0.85,
+        ("block_0.5", False): 0.80,
+    },
+    "cuda": {
+        ("sample_mask_0.1", False): 1.05,
+        ("sample_subset_0.5", False): 0.85,
+        ("block_0.5", False): 0.80,
+        ("sample_mask_0.1", True): 1.02,
+        ("sample_mask_0.1_warmup", True): 1.02,
+    },
 }
 
 
@@ -120,8 +150,11 @@ def _anchor_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def patch_anchor(model: nn.Module, drop_rate: float) -> nn.Module:
-    kinds = (torchvision.models.resnet.Bottleneck, torchvision.models.resnet.BasicBlock,
-             CifarBasicBlock)
+    kinds = (
+        torchvision.models.resnet.Bottleneck,
+        torchvision.models.resnet.BasicBlock,
+        CifarBasicBlock,
+    )
     blocks = [m for m in model.modules() if isinstance(m, kinds)]
     for block, rate in zip(blocks, drop_rates(len(blocks), drop_rate, "linear"), strict=True):
         block.sd_rate = rate
@@ -135,8 +168,16 @@ def patch_anchor(model: nn.Module, drop_rate: float) -> nn.Module:
 class Case:
     """One configuration of one model, ready to take timed training steps."""
 
-    def __init__(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 args: argparse.Namespace, spec: dict[str, Any] | None, compiled: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        args: argparse.Namespace,
+        spec: dict[str, Any] | None,
+        compiled: bool,
+    ) -> None:
         self.name, self.x, self.y, self.spec = name, x, y, spec or {}
         self.device = x.device
         self.model = model.train()
@@ -189,24 +230,36 @@ class Case:
                 self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
 
 
-def build_case(name: str, base: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               args: argparse.Namespace, compiled: bool) -> Case:
+def build_case(
+    name: str,
+    base: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args: argparse.Namespace,
+    compiled: bool,
+) -> Case:
     spec = CONFIGS.get(name)
     model = copy.deepcopy(base)
     if spec is not None and "anchor" in spec:
         patch_anchor(model, spec["anchor"])
     elif spec is not None:
         kwargs = {k: v for k, v in spec.items() if k not in ("warmup", "torchops")}
-        apply_stochastic_depth(model, "auto", drop_distribution="linear",
-                               drop_warmup=0.5 if spec.get("warmup") else 0.0, **kwargs)
+        apply_stochastic_depth(
+            model,
+            "auto",
+            drop_distribution="linear",
+            drop_warmup=0.5 if spec.get("warmup") else 0.0,
+            **kwargs,
+        )
         if spec.get("warmup"):
             for b in stochastic_blocks(model):
                 b.drop_rate = b.target_drop_rate
     return Case(name, model, x, y, args, spec, compiled)
 
 
-def floor_cases(base: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                args: argparse.Namespace) -> list[Case]:
+def floor_cases(
+    base: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> list[Case]:
     """One case per block: that block always dropped (``block`` at rate 1), the rest kept."""
     cases = []
     model = apply_stochastic_depth(copy.deepcopy(base), "auto", "block", 0.0)
@@ -237,8 +290,9 @@ def profile_cases(cases: list[Case], path: Path) -> None:
     print(f"  profile: {path}", flush=True)
 
 
-def bench_model(name: str, configs: list[str], args: argparse.Namespace, compiled: bool,
-                floor: bool) -> dict[str, Any]:
+def bench_model(
+    name: str, configs: list[str], args: argparse.Namespace, compiled: bool, floor: bool
+) -> dict[str, Any]:
     arch, size, batch, channels = MODELS[name]
     device = torch.device(args.device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -258,17 +312,30 @@ def bench_model(name: str, configs: list[str], args: argparse.Namespace, compile
             case.round(args.steps_per_round, measured=r >= args.warmup)
         print(f"  {tag}: round {r + 1}/{args.warmup + args.rounds}", flush=True)
     if args.profile:
-        profile_cases([c for c in cases if not c.name.startswith("drop_block_")],
-                      args.out.with_suffix(f".{name}{'.compiled' if compiled else ''}.profile.txt"))
+        profile_cases(
+            [c for c in cases if not c.name.startswith("drop_block_")],
+            args.out.with_suffix(f".{name}{'.compiled' if compiled else ''}.profile.txt"),
+        )
     plain_case = next(c for c in cases if c.name == "plain")
     plain, plain_mean = statistics.median(plain_case.times), trimmed_mean(plain_case.times)
-    result: dict[str, Any] = {"arch": arch, "image_size": size, "batch_size": batch,
-                              "in_channels": channels, "compiled": compiled, "configs": {}}
+    result: dict[str, Any] = {
+        "arch": arch,
+        "image_size": size,
+        "batch_size": batch,
+        "in_channels": channels,
+        "compiled": compiled,
+        "configs": {},
+    }
     for case in cases:
         med, mean = statistics.median(case.times), trimmed_mean(case.times)
         result["configs"][case.name] = {
-            "median_s": med, "ratio": med / plain, "mean_s": mean, "mean_ratio": mean / plain_mean,
-            "images_per_s": batch / mean, "n": len(case.times), "first_step_s": case.first_step_s,
+            "median_s": med,
+            "ratio": med / plain,
+            "mean_s": mean,
+            "mean_ratio": mean / plain_mean,
+            "images_per_s": batch / mean,
+            "n": len(case.times),
+            "first_step_s": case.first_step_s,
             "peak_memory_mib": case.peak_bytes / 2**20 if case.peak_bytes else None,
         }
     if floor:
@@ -281,13 +348,15 @@ def trimmed_mean(times: list[float], cut: float = 0.1) -> float:
     times spread: the mean is what training pays, the trim keeps machine noise out."""
     ordered = sorted(times)
     k = int(len(ordered) * cut)
-    return statistics.fmean(ordered[k:len(ordered) - k] or ordered)
+    return statistics.fmean(ordered[k : len(ordered) - k] or ordered)
 
 
 def block_floor(configs: dict[str, Any], plain: float) -> dict[str, Any]:
     """Expected step time of ``block`` at its linear rates, from the one-block-dropped times."""
-    savings = [plain - configs[f"drop_block_{i}"]["mean_s"]
-               for i in range(sum(k.startswith("drop_block_") for k in configs))]
+    savings = [
+        plain - configs[f"drop_block_{i}"]["mean_s"]
+        for i in range(sum(k.startswith("drop_block_") for k in configs))
+    ]
     out = {"saving_per_block_s": savings}
     for rate in (0.1, 0.5):
         rates = drop_rates(len(savings), rate, "linear")
@@ -298,23 +367,40 @@ def block_floor(configs: dict[str, Any], plain: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["auto", "cpu", "gpu"], default="auto",
-                        help="default settings for the machine: auto = gpu where CUDA is "
-                             "available, else cpu")
+    parser.add_argument(
+        "--preset",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="default settings for the machine: auto = gpu where CUDA is available, else cpu",
+    )
     parser.add_argument("--models", nargs="+", choices=list(MODELS))
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS),
-                        help="default: all but *_torchops on CPU, all on CUDA")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        help="default: all but *_torchops on CPU, all on CUDA",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true", default=None)
-    parser.add_argument("--compile", action="store_true", default=None,
-                        help="torch.compile every model (the gpu preset runs eager and compiled)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile every model (the gpu preset runs eager and compiled)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="eager only")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile 3 steps of each configuration (torch.profiler) and "
-                             "write the top operators next to --out")
-    parser.add_argument("--floor", action="store_true",
-                        help="also time each block dropped alone: what `block` could reach")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 3 steps of each configuration (torch.profiler) and "
+        "write the top operators next to --out",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time each block dropped alone: what `block` could reach",
+    )
     parser.add_argument("--rounds", type=int, help="measured rounds")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds (default 2)")
     parser.add_argument("--steps-per-round", type=int)
@@ -335,32 +421,45 @@ def main() -> None:
     for key in ("device", "bf16", "channels_last", "rounds", "steps_per_round"):
         setattr(args, key, settings[key])
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() "
-                     "is False); leave --device out to run the CPU settings")
+        parser.error(
+            "--device cuda: no CUDA device is available (torch.cuda.is_available() "
+            "is False); leave --device out to run the CPU settings"
+        )
     configs = args.configs or (list(CONFIGS) if args.device == "cuda" else DEFAULT_CONFIGS)
     if "plain" not in configs:
         configs = ["plain", *configs]
 
-    machine = {"platform": platform.platform(), "processor": platform.processor(),
-               "torch": torch.__version__, "torchvision": torchvision.__version__,
-               "threads": torch.get_num_threads()}
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if args.device == "cuda":
         machine["gpu"] = torch.cuda.get_device_name()
     report: dict[str, Any] = {
-        "machine": machine, "preset": preset,
-        "settings": {k: settings[k] for k in ("device", "bf16", "channels_last", "compile",
-                                              "rounds", "steps_per_round")},
-        "targets": {f"{c}{' compiled' if comp else ''}": t
-                    for (c, comp), t in TARGETS[args.device].items()},
+        "machine": machine,
+        "preset": preset,
+        "settings": {
+            k: settings[k]
+            for k in ("device", "bf16", "channels_last", "compile", "rounds", "steps_per_round")
+        },
+        "targets": {
+            f"{c}{' compiled' if comp else ''}": t for (c, comp), t in TARGETS[args.device].items()
+        },
         "runs": {},
     }
     for compiled in settings["compile"]:
         for name in settings["models"]:
             key = f"{name}{' compiled' if compiled else ''}"
-            report["runs"][key] = bench_model(name, configs, args, compiled,
-                                              args.floor and not compiled)
-    print(f"\n{'model':<24} {'configuration':<28} {'median':>9} {'ratio':>7} {'mean r.':>7} "
-          f"{'img/s':>8} {'peak MiB':>9} {'goal':>7}")
+            report["runs"][key] = bench_model(
+                name, configs, args, compiled, args.floor and not compiled
+            )
+    print(
+        f"\n{'model':<24} {'configuration':<28} {'median':>9} {'ratio':>7} {'mean r.':>7} "
+        f"{'img/s':>8} {'peak MiB':>9} {'goal':>7}"
+    )
     targets = TARGETS[args.device]
     for key, res in report["runs"].items():
         for cfg, r in res["configs"].items():
@@ -369,12 +468,16 @@ def main() -> None:
             goal = targets.get((cfg, res["compiled"]))
             goal_text = f"<={goal:.2f}" if goal and res["arch"] == "resnet50" else ""
             peak = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] else ""
-            print(f"{key:<24} {cfg:<28} {r['median_s'] * 1000:>7.1f}ms {r['ratio']:>7.3f} "
-                  f"{r['mean_ratio']:>7.3f} {r['images_per_s']:>8.0f} {peak:>9} {goal_text:>7}")
+            print(
+                f"{key:<24} {cfg:<28} {r['median_s'] * 1000:>7.1f}ms {r['ratio']:>7.3f} "
+                f"{r['mean_ratio']:>7.3f} {r['images_per_s']:>8.0f} {peak:>9} {goal_text:>7}"
+            )
         if "floor" in res:
             f = res["floor"]
-            print(f"{key:<24} {'block_0.5 floor (expected)':<28} {'':>9} {'':>7} "
-                  f"{f['block_0.5_expected_ratio']:>7.3f}")
+            print(
+                f"{key:<24} {'block_0.5 floor (expected)':<28} {'':>9} {'':>7} "
+                f"{f['block_0.5_expected_ratio']:>7.3f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")

@@ -39,15 +39,23 @@ from sd_tune.data import Splits, load_splits
 
 
 def trial_config(args: argparse.Namespace, workers: int, cpus: float):
-    return space_from_dict({
-        "dataset": {"name": args.dataset, "max_train_samples": args.samples,
-                    "max_eval_samples": 1000},
-        "model": {"family": "cifar_resnet", "depth": args.depth},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size // workers,
-                  "warmup_epochs": 0.5},
-        "stochastic_depth": {"method": "sample", "drop_rate": 0.1},
-        "resources": {"num_workers": workers, "cpus_per_worker": cpus},
-    }).trial
+    return space_from_dict(
+        {
+            "dataset": {
+                "name": args.dataset,
+                "max_train_samples": args.samples,
+                "max_eval_samples": 1000,
+            },
+            "model": {"family": "cifar_resnet", "depth": args.depth},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size // workers,
+                "warmup_epochs": 0.5,
+            },
+            "stochastic_depth": {"method": "sample", "drop_rate": 0.1},
+            "resources": {"num_workers": workers, "cpus_per_worker": cpus},
+        }
+    ).trial
 
 
 def steady_rate(history: list[dict[str, Any]]) -> float:
@@ -55,30 +63,42 @@ def steady_rate(history: list[dict[str, Any]]) -> float:
     return statistics.median(m["images_per_s"] for m in later)
 
 
-def run_plain(cfg: TrialConfig, splits: Splits | None = None,
-              device: str | None = None) -> dict[str, Any]:
+def run_plain(
+    cfg: TrialConfig, splits: Splits | None = None, device: str | None = None
+) -> dict[str, Any]:
     from sd_tune.train import run_trial
 
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    run_trial(cfg, lambda m, ckpt: history.append(dict(m)), log=lambda line: None,
-              splits=splits, device=device)
+    run_trial(
+        cfg,
+        lambda m, ckpt: history.append(dict(m)),
+        log=lambda line: None,
+        splits=splits,
+        device=device,
+    )
     total = time.perf_counter() - start
-    return {"images_per_s": steady_rate(history), "total_s": total,
-            "trial_wall_s": history[-1]["wall_time_s"], "startup_s": 0.0,
-            "compile_time_s": history[-1].get("compile_time_s", 0.0)}
+    return {
+        "images_per_s": steady_rate(history),
+        "total_s": total,
+        "trial_wall_s": history[-1]["wall_time_s"],
+        "startup_s": 0.0,
+        "compile_time_s": history[-1].get("compile_time_s", 0.0),
+    }
 
 
-def run_bare(cfg: TrialConfig, splits: Splits | None = None, device: str | None = None,
-             steps: int = 30) -> dict[str, Any]:
+def run_bare(
+    cfg: TrialConfig, splits: Splits | None = None, device: str | None = None, steps: int = 30
+) -> dict[str, Any]:
     """The same model, optimizer, batch size and settings as the loop (sd_tune.train's own
     setup), stepping on one batch that is already on the device: the loop's ceiling."""
     import torch.nn.functional as F
 
     from sd_tune.train import default_device, setup_trial
 
-    trial = setup_trial(cfg, device=torch.device(device) if device else default_device(),
-                        splits=splits)
+    trial = setup_trial(
+        cfg, device=torch.device(device) if device else default_device(), splits=splits
+    )
     x, y = next(iter(trial.train_loader))
     trial.model.train()
 
@@ -107,12 +127,19 @@ def run_ray(args: argparse.Namespace, workers: int, storage: str) -> dict[str, A
     cpus = (os.cpu_count() or 2) / workers
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    ray_train.fit_trial(trial_config(args, workers, cpus), storage=storage,
-                        name=f"throughput_{workers}w_{time.time_ns()}", emit=history.append)
+    ray_train.fit_trial(
+        trial_config(args, workers, cpus),
+        storage=storage,
+        name=f"throughput_{workers}w_{time.time_ns()}",
+        emit=history.append,
+    )
     total = time.perf_counter() - start
-    return {"images_per_s": steady_rate(history), "total_s": total,
-            "trial_wall_s": history[-1]["wall_time_s"],
-            "startup_s": total - history[-1]["wall_time_s"]}
+    return {
+        "images_per_s": steady_rate(history),
+        "total_s": total,
+        "trial_wall_s": history[-1]["wall_time_s"],
+        "startup_s": total - history[-1]["wall_time_s"],
+    }
 
 
 def gpu_cases(args: argparse.Namespace) -> dict[str, tuple[TrialConfig, Splits | None]]:
@@ -122,23 +149,34 @@ def gpu_cases(args: argparse.Namespace) -> dict[str, tuple[TrialConfig, Splits |
     big = trial_config(args, 1, 1.0)
     big.model.family, big.model.depth = "resnet", 50
     big.train.batch_size = 256
-    splits = load_splits("synthetic", synthetic_shape=(3, 224, 224), synthetic_classes=1000,
-                         synthetic_samples=256 * 12, max_eval_samples=256)
+    splits = load_splits(
+        "synthetic",
+        synthetic_shape=(3, 224, 224),
+        synthetic_classes=1000,
+        synthetic_samples=256 * 12,
+        max_eval_samples=256,
+    )
     return {"cifar_resnet20_fmnist": (small, None), "resnet50_224_synthetic": (big, splits)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cpu: bare step, loop and Ray trials; cuda: loop vs bare step")
-    parser.add_argument("--dataset", default="fashion_mnist",
-                        choices=["fashion_mnist", "synthetic"])
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu: bare step, loop and Ray trials; cuda: loop vs bare step",
+    )
+    parser.add_argument(
+        "--dataset", default="fashion_mnist", choices=["fashion_mnist", "synthetic"]
+    )
     parser.add_argument("--depth", type=int, default=20, help="cifar_resnet depth (default 20)")
     parser.add_argument("--samples", type=int, default=6144, help="training images per epoch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    parser.add_argument("--out", type=Path,
-                        default=Path("results/benchmarks/train_throughput.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/benchmarks/train_throughput.json")
+    )
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; leave --device out")
@@ -163,22 +201,30 @@ def main() -> None:
             for workers in (1, 2):
                 print(f"Ray Train trial, {workers} worker(s) ...", flush=True)
                 results[f"ray_{workers}w"] = run_ray(args, workers, storage)
-        bases = {k: results["bare" if k in ("bare", "plain") else "plain"]["images_per_s"]
-                 for k in results}
-        target = "plain: ratio to the bare step (the loop's own cost); ray_*: ratio to plain, " \
-                 "ray_1w >= 0.95"
+        bases = {
+            k: results["bare" if k in ("bare", "plain") else "plain"]["images_per_s"]
+            for k in results
+        }
+        target = (
+            "plain: ratio to the bare step (the loop's own cost); ray_*: ratio to plain, "
+            "ray_1w >= 0.95"
+        )
     print(f"\n{'way':<30} {'images/s':>9} {'ratio':>6} {'start-up s':>11} {'total s':>8}")
     for way, r in results.items():
         r["ratio"] = r["images_per_s"] / bases[way]
-        print(f"{way:<30} {r['images_per_s']:>9.0f} {r['ratio']:>6.3f} "
-              f"{r.get('startup_s', 0.0):>11.1f} {r.get('total_s', 0.0):>8.1f}")
+        print(
+            f"{way:<30} {r['images_per_s']:>9.0f} {r['ratio']:>6.3f} "
+            f"{r.get('startup_s', 0.0):>11.1f} {r.get('total_s', 0.0):>8.1f}"
+        )
     print(f"target: {target}")
-    machine = {"platform": platform.platform(), "torch": torch.__version__,
-               "cpus": os.cpu_count()}
+    machine = {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count()}
     if args.device == "cuda":
         machine["gpu"] = torch.cuda.get_device_name()
-    report = {"machine": machine, "settings": vars(args) | {"out": str(args.out)},
-              "results": results}
+    report = {
+        "machine": machine,
+        "settings": vars(args) | {"out": str(args.out)},
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -35,9 +35,20 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "CifarBasicBlock", "CifarResNet", "StochasticBlock", "StochasticDepth", "StochasticResidual",
-    "apply_stochastic_depth", "build_model", "drop_rates", "expected_depth", "model_names",
-    "set_drop_progress", "set_drop_rates", "stochastic_blocks", "stochastic_residual",
+    "CifarBasicBlock",
+    "CifarResNet",
+    "StochasticBlock",
+    "StochasticDepth",
+    "StochasticResidual",
+    "apply_stochastic_depth",
+    "build_model",
+    "drop_rates",
+    "expected_depth",
+    "model_names",
+    "set_drop_progress",
+    "set_drop_rates",
+    "stochastic_blocks",
+    "stochastic_residual",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 

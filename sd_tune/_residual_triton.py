@@ -12,8 +12,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _source_and_scale(pos, row_scale, scale, row, HAS_POS: tl.constexpr,
-                      ROW_SCALE: tl.constexpr):
+def _source_and_scale(pos, row_scale, scale, row, HAS_POS: tl.constexpr, ROW_SCALE: tl.constexpr):
     """Row ``row``'s branch row (``pos[row]``, -1 for none, with HAS_POS; else ``row``) and
     its factor (``row_scale[row]`` with ROW_SCALE; else ``scale``)."""
     if HAS_POS:
@@ -28,8 +27,18 @@ def _source_and_scale(pos, row_scale, scale, row, HAS_POS: tl.constexpr,
 
 
 @triton.jit
-def residual_relu_fwd(branch, identity, out, pos, row_scale, scale, width,
-                      HAS_POS: tl.constexpr, ROW_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+def residual_relu_fwd(
+    branch,
+    identity,
+    out,
+    pos,
+    row_scale,
+    scale,
+    width,
+    HAS_POS: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``out[r] = relu(identity[r] + s_r * branch[src_r])``; ``src_r = pos[r]`` (no branch
     term where it is -1) with HAS_POS, else ``r``; ``s_r = row_scale[r]`` or ``scale``."""
     row = tl.program_id(1).to(tl.int64)
@@ -44,9 +53,20 @@ def residual_relu_fwd(branch, identity, out, pos, row_scale, scale, width,
 
 
 @triton.jit
-def residual_relu_bwd(grad, out, grad_identity, grad_branch, pos, row_scale, scale, width,
-                      HAS_POS: tl.constexpr, ROW_SCALE: tl.constexpr,
-                      WRITE_BRANCH: tl.constexpr, BLOCK: tl.constexpr):
+def residual_relu_bwd(
+    grad,
+    out,
+    grad_identity,
+    grad_branch,
+    pos,
+    row_scale,
+    scale,
+    width,
+    HAS_POS: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+    WRITE_BRANCH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """``grad_identity[r] = grad[r] * (out[r] > 0)``; with WRITE_BRANCH also
     ``grad_branch[src_r] = s_r * grad_identity[r]`` for the rows that have a branch row."""
     row = tl.program_id(1).to(tl.int64)
@@ -55,12 +75,14 @@ def residual_relu_bwd(grad, out, grad_identity, grad_branch, pos, row_scale, sca
     g = tl.load(grad + row * width + cols, mask=inside)
     y = tl.load(out + row * width + cols, mask=inside)
     gi = tl.where(y <= 0.0, 0.0, g.to(tl.float32))
-    tl.store(grad_identity + row * width + cols, gi.to(grad_identity.dtype.element_ty),
-             mask=inside)
+    tl.store(grad_identity + row * width + cols, gi.to(grad_identity.dtype.element_ty), mask=inside)
     if WRITE_BRANCH:
         src, s = _source_and_scale(pos, row_scale, scale, row, HAS_POS, ROW_SCALE)
-        tl.store(grad_branch + src * width + cols, (gi * s).to(grad_branch.dtype.element_ty),
-                 mask=inside & (src >= 0))
+        tl.store(
+            grad_branch + src * width + cols,
+            (gi * s).to(grad_branch.dtype.element_ty),
+            mask=inside & (src >= 0),
+        )
 
 
 @triton.jit

@@ -102,11 +102,9 @@ def _preference(trial: TrialConfig, t: NodeType) -> tuple:
     GPU work, then prefers the node the request fills most (min, then mean utilisation)."""
     slots = worker_slots(trial, [t.resources])
     need = {k: v for k, v in worker_resources(trial).items() if v > 0}
-    used = [min(1.0, slots * v / t.resources[k]) for k, v in need.items()
-            if t.resources.get(k)]
+    used = [min(1.0, slots * v / t.resources[k]) for k, v in need.items() if t.resources.get(k)]
     wastes_gpus = "GPU" not in need and t.resources.get("GPU", 0) > 0
-    return (wastes_gpus, -min(used, default=0.0), -sum(used) / max(1, len(used)), -slots,
-            t.name)
+    return (wastes_gpus, -min(used, default=0.0), -sum(used) / max(1, len(used)), -slots, t.name)
 
 
 def addable(trial: TrialConfig, scaler: Autoscaler) -> list[tuple[NodeType, int]]:
@@ -136,16 +134,19 @@ def addable(trial: TrialConfig, scaler: Autoscaler) -> list[tuple[NodeType, int]
 
 def _trial_needs(trial: TrialConfig) -> str:
     r = trial.resources
-    parts = [f"{r.num_workers} workers x {r.cpus_per_worker} CPU = "
-             f"{r.num_workers * r.cpus_per_worker} CPUs"]
+    parts = [
+        f"{r.num_workers} workers x {r.cpus_per_worker} CPU = "
+        f"{r.num_workers * r.cpus_per_worker} CPUs"
+    ]
     gpus = gpus_per_worker(trial)
     if gpus:
         parts.append(f"{r.num_workers} x {gpus} GPU = {r.num_workers * gpus} GPUs")
     return " and ".join(parts)
 
 
-def scale_plan(trial: TrialConfig, nodes: Sequence[dict[str, float]], scaler: Autoscaler,
-               trials: int = 1) -> Plan:
+def scale_plan(
+    trial: TrialConfig, nodes: Sequence[dict[str, float]], scaler: Autoscaler, trials: int = 1
+) -> Plan:
     """How the autoscaler gets the cluster (``nodes``: each alive node's total resources) to
     ``trials`` trials at once, or, in ``problem``, why no node type could ever hold a trial.
 
@@ -171,23 +172,34 @@ def scale_plan(trial: TrialConfig, nodes: Sequence[dict[str, float]], scaler: Au
     wait = slots_now < r.num_workers
     if slots_max < r.num_workers:
         worker = " + ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
-        listed = "; ".join(f"{t.describe()}, up to {t.max_workers} node"
-                           + ("s" if t.max_workers != 1 else "")
-                           + (f", {t.running} up" if t.running else "")
-                           for t in scaler.node_types or ())
-        held = ("no node type of its autoscaler holds one" if not more else
-                "its autoscaler may add only " + ", ".join(
-                    f"{k} x {t.name} ({worker_slots(trial, [t.resources])} each)"
-                    for t, k in more))
-        cap = (f"; the autoscaler starts at most {scaler.max_workers} worker nodes"
-               if scaler.max_workers is not None else "")
-        problem = (f"the trial needs {_trial_needs(trial)}, and a worker ({worker}) must fit "
-                   f"on one node, but the Ray cluster can never hold them: the nodes up now "
-                   f"({node_list(nodes)}) hold {slots_now} such worker"
-                   f"{'s' if slots_now != 1 else ''}, and {held} ({listed or 'none'}{cap}); "
-                   f"lower resources.num_workers, cpus_per_worker or gpus_per_worker, or give "
-                   f"the cluster's autoscaler a node type that holds a worker "
-                   f"(available_node_types in the launcher config)")
+        listed = "; ".join(
+            f"{t.describe()}, up to {t.max_workers} node"
+            + ("s" if t.max_workers != 1 else "")
+            + (f", {t.running} up" if t.running else "")
+            for t in scaler.node_types or ()
+        )
+        held = (
+            "no node type of its autoscaler holds one"
+            if not more
+            else "its autoscaler may add only "
+            + ", ".join(
+                f"{k} x {t.name} ({worker_slots(trial, [t.resources])} each)" for t, k in more
+            )
+        )
+        cap = (
+            f"; the autoscaler starts at most {scaler.max_workers} worker nodes"
+            if scaler.max_workers is not None
+            else ""
+        )
+        problem = (
+            f"the trial needs {_trial_needs(trial)}, and a worker ({worker}) must fit "
+            f"on one node, but the Ray cluster can never hold them: the nodes up now "
+            f"({node_list(nodes)}) hold {slots_now} such worker"
+            f"{'s' if slots_now != 1 else ''}, and {held} ({listed or 'none'}{cap}); "
+            f"lower resources.num_workers, cpus_per_worker or gpus_per_worker, or give "
+            f"the cluster's autoscaler a node type that holds a worker "
+            f"(available_node_types in the launcher config)"
+        )
         return Plan({}, nodes, 0, "", problem, wait, types)
     need = max(1, trials) * r.num_workers
     add: dict[str, int] = {}
@@ -201,14 +213,21 @@ def scale_plan(trial: TrialConfig, nodes: Sequence[dict[str, float]], scaler: Au
             slots += per
             k -= 1
     concurrent = max(1, min(max(1, trials), slots // r.num_workers))
-    added = ", ".join(f"{k} {name} node{'s' if k > 1 else ''} "
-                      f"({node_list([types[name].resources])})" for name, k in add.items())
-    now = (f"the nodes up now ({node_list(nodes)}) cannot hold one trial ({_trial_needs(trial)})"
-           if wait else f"the nodes up now ({node_list(nodes)}) hold {slots_now // r.num_workers}"
-           f" trial{'s' if slots_now // r.num_workers != 1 else ''} at once")
+    added = ", ".join(
+        f"{k} {name} node{'s' if k > 1 else ''} ({node_list([types[name].resources])})"
+        for name, k in add.items()
+    )
+    now = (
+        f"the nodes up now ({node_list(nodes)}) cannot hold one trial ({_trial_needs(trial)})"
+        if wait
+        else f"the nodes up now ({node_list(nodes)}) hold {slots_now // r.num_workers}"
+        f" trial{'s' if slots_now // r.num_workers != 1 else ''} at once"
+    )
     if add:
-        message = (f"{now}; the autoscaler is expected to add {added}, for {concurrent} "
-                   f"trial{'s' if concurrent != 1 else ''} at a time")
+        message = (
+            f"{now}; the autoscaler is expected to add {added}, for {concurrent} "
+            f"trial{'s' if concurrent != 1 else ''} at a time"
+        )
     else:
         message = f"{now}; no node needs to be added"
     return Plan(add, planned, concurrent, message, None, wait, types)
@@ -217,15 +236,22 @@ def scale_plan(trial: TrialConfig, nodes: Sequence[dict[str, float]], scaler: Au
 def blind_plan(trial: TrialConfig, nodes: Sequence[dict[str, float]], trials: int) -> Plan:
     """The plan when an autoscaler runs but its node types cannot be read from here: wait for
     it, and count concurrency on the nodes up once the first trial fits."""
-    message = (f"the nodes up now ({node_list(nodes)}) cannot hold one trial "
-               f"({_trial_needs(trial)}); the cluster has an autoscaler whose node types "
-               f"cannot be read from here, so sd-tune asks it for {max(1, trials)} "
-               f"trial{'s' if trials != 1 else ''}' workers and waits")
+    message = (
+        f"the nodes up now ({node_list(nodes)}) cannot hold one trial "
+        f"({_trial_needs(trial)}); the cluster has an autoscaler whose node types "
+        f"cannot be read from here, so sd-tune asks it for {max(1, trials)} "
+        f"trial{'s' if trials != 1 else ''}' workers and waits"
+    )
     return Plan({}, [dict(n) for n in nodes], max(1, trials), message)
 
 
-def timeout_message(trial: TrialConfig, plan: Plan, waited_s: float,
-                    nodes: Sequence[dict[str, float]], failures: Sequence[str]) -> str:
+def timeout_message(
+    trial: TrialConfig,
+    plan: Plan,
+    waited_s: float,
+    nodes: Sequence[dict[str, float]],
+    failures: Sequence[str],
+) -> str:
     """The error when the nodes for a trial did not come up within the wait.
 
     >>> t = TrialConfig()
@@ -241,13 +267,15 @@ def timeout_message(trial: TrialConfig, plan: Plan, waited_s: float,
     """
     asked = ", ".join(f"{k} {name} node{'s' if k > 1 else ''}" for name, k in plan.add.items())
     report = "; ".join(failures) if failures else "no failed launch"
-    return (f"no node for a trial ({_trial_needs(trial)}) came up within {waited_s:.0f} s "
-            f"(--wait-for-nodes): the autoscaler was to add {asked or 'nodes for it'}, and the "
-            f"nodes up are {node_list(nodes)}; the autoscaler reports: {report}. Check `ray "
-            f"status` on the head and the autoscaler's log (/tmp/ray/session_latest/logs/"
-            f"monitor.*): cloud quotas for the instance type, the IAM permissions of the head "
-            f"node, the zone's capacity (launch/README.md, \"Before you spend money\"); or "
-            f"raise --wait-for-nodes")
+    return (
+        f"no node for a trial ({_trial_needs(trial)}) came up within {waited_s:.0f} s "
+        f"(--wait-for-nodes): the autoscaler was to add {asked or 'nodes for it'}, and the "
+        f"nodes up are {node_list(nodes)}; the autoscaler reports: {report}. Check `ray "
+        f"status` on the head and the autoscaler's log (/tmp/ray/session_latest/logs/"
+        f"monitor.*): cloud quotas for the instance type, the IAM permissions of the head "
+        f'node, the zone\'s capacity (launch/README.md, "Before you spend money"); or '
+        f"raise --wait-for-nodes"
+    )
 
 
 def _count(value: Any) -> dict[str, int]:
@@ -335,7 +363,7 @@ def launch_errors_from_log(text: str) -> list[str]:
             continue
         if current and "Traceback (most recent call last)" in line:
             last = ""
-            for follow in lines[i + 1:]:
+            for follow in lines[i + 1 :]:
                 if _LOG_RECORD.match(follow):
                     break
                 if follow.strip() and not follow.startswith((" ", "\t")):
@@ -346,8 +374,9 @@ def launch_errors_from_log(text: str) -> list[str]:
     return list(errors.values())
 
 
-def autoscaler_from_config(config: dict[str, Any], running: dict[str, int],
-                           source: str) -> Autoscaler | None:
+def autoscaler_from_config(
+    config: dict[str, Any], running: dict[str, int], source: str
+) -> Autoscaler | None:
     """The :class:`Autoscaler` a cluster-launcher config describes, with ``running`` nodes per
     type (the head counted among its type), or None when it names no node type that can be
     added.
@@ -371,8 +400,9 @@ def autoscaler_from_config(config: dict[str, Any], running: dict[str, int],
         max_workers = int(spec.get("max_workers", 0) or 0)
         if max_workers <= 0:
             continue
-        out.append(NodeType(name, {k: float(v) for k, v in resources.items()}, max_workers,
-                            max(0, up)))
+        out.append(
+            NodeType(name, {k: float(v) for k, v in resources.items()}, max_workers, max(0, up))
+        )
     if not out:
         return None
     cap = config.get("max_workers")
@@ -393,9 +423,13 @@ def autoscaler_from_groups(groups: Sequence[dict[str, Any]], source: str) -> Aut
         count = int(g.get("max_count", 0))
         if count == 0 or not g.get("resources"):
             continue
-        out.append(NodeType(str(g.get("name") or "group"),
-                            {k: float(v) for k, v in g["resources"].items()},
-                            UNLIMITED if count < 0 else count))
+        out.append(
+            NodeType(
+                str(g.get("name") or "group"),
+                {k: float(v) for k, v in g["resources"].items()},
+                UNLIMITED if count < 0 else count,
+            )
+        )
     return Autoscaler(tuple(out), None, source) if out else None
 
 
@@ -440,22 +474,34 @@ def inspect_head(gcs_address: str) -> dict[str, Any]:
     config (plain data for the driver)."""
     from ray.experimental.internal_kv import _internal_kv_get
 
-    out: dict[str, Any] = {"groups": None, "status": None, "monitor": False, "path": None,
-                           "config": None, "v2": False, "error": None, "launch_errors": []}
+    out: dict[str, Any] = {
+        "groups": None,
+        "status": None,
+        "monitor": False,
+        "path": None,
+        "config": None,
+        "v2": False,
+        "error": None,
+        "launch_errors": [],
+    }
     try:
         from ray._private import state
 
         cc = state.state.get_cluster_config()
         if cc is not None and len(cc.node_group_configs):
-            out["groups"] = [{"name": g.name, "resources": dict(g.resources),
-                              "max_count": int(g.max_count)} for g in cc.node_group_configs]
+            out["groups"] = [
+                {"name": g.name, "resources": dict(g.resources), "max_count": int(g.max_count)}
+                for g in cc.node_group_configs
+            ]
     except Exception as err:  # an older or newer Ray without it: the other sources remain
         out["error"] = f"cluster config: {err}"
     raw = _internal_kv_get(STATUS_KEY)
     if raw:
         out["status"] = json.loads(raw)
-    v2 = _internal_kv_get(ray._raylet.GCS_AUTOSCALER_V2_ENABLED_KEY,
-                          namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE)
+    v2 = _internal_kv_get(
+        ray._raylet.GCS_AUTOSCALER_V2_ENABLED_KEY,
+        namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE,
+    )
     out["v2"] = v2 == b"1"
     gcs_address = gcs_address or ray.get_runtime_context().gcs_address
     out["monitor"], path, logs = _monitor_config(gcs_address.rsplit(":", 1)[-1])
@@ -491,7 +537,8 @@ def read_head() -> dict[str, Any] | None:
     except Exception:  # Ray Client: the head's task finds the port itself
         gcs = ""
     task = ray.remote(num_cpus=0)(inspect_head).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+        scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)
+    )
     try:
         return ray.get(task.remote(gcs), timeout=INSPECT_TIMEOUT_S)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
@@ -516,8 +563,9 @@ def find_autoscaler(head: dict[str, Any] | None = None) -> Autoscaler | None:
             return found
     status = head.get("status")
     if head.get("config"):
-        return autoscaler_from_config(head["config"], running_by_type(status),
-                                      f"the autoscaler's config {head.get('path')}")
+        return autoscaler_from_config(
+            head["config"], running_by_type(status), f"the autoscaler's config {head.get('path')}"
+        )
     if head.get("monitor"):
         return None  # its autoscaler process runs here without a config: read-only
     if (status and status.get("autoscaler_report") and not is_readonly(status)) or head.get("v2"):
@@ -528,9 +576,14 @@ def find_autoscaler(head: dict[str, Any] | None = None) -> Autoscaler | None:
 # --------------------------------------------------------------------------- the wait
 
 
-def wait_for_nodes(trial: TrialConfig, plan: Plan, timeout_s: float,
-                   say: Callable[[str], None] = print, poll_s: float = 2.0,
-                   report_every_s: float = 30.0) -> str | None:
+def wait_for_nodes(
+    trial: TrialConfig,
+    plan: Plan,
+    timeout_s: float,
+    say: Callable[[str], None] = print,
+    poll_s: float = 2.0,
+    report_every_s: float = 30.0,
+) -> str | None:
     """Place ``plan.concurrent`` placement groups of the trial's workers (the demand Tune's
     pending trials make) and wait up to ``timeout_s`` for the first to be placed; remove them
     all before returning. Returns None when a trial's nodes are up, else the message."""
@@ -547,12 +600,15 @@ def wait_for_nodes(trial: TrialConfig, plan: Plan, timeout_s: float,
             ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, min(poll_s, left)))
             if ready:
                 up = [n for n in _alive_resources()]
-                say(f"nodes for a trial are up after {time.monotonic() - start:.0f} s "
-                     f"({node_list(up)})")
+                say(
+                    f"nodes for a trial are up after {time.monotonic() - start:.0f} s "
+                    f"({node_list(up)})"
+                )
                 return None
             if left <= 0:
-                return timeout_message(trial, plan, timeout_s, _alive_resources(),
-                                       head_failures(read_head()))
+                return timeout_message(
+                    trial, plan, timeout_s, _alive_resources(), head_failures(read_head())
+                )
             if time.monotonic() - last >= report_every_s:
                 last = time.monotonic()
                 say(_progress(time.monotonic() - start, read_head()))
@@ -564,8 +620,11 @@ def wait_for_nodes(trial: TrialConfig, plan: Plan, timeout_s: float,
 def head_failures(head: dict[str, Any] | None) -> list[str]:
     """The launch failures the autoscaler reports (its status, else its log)."""
     found = failures_from_status((head or {}).get("status"))
-    logged = [e for e in (head or {}).get("launch_errors") or []
-              if e.split(":", 1)[0] not in {f.split(":", 1)[0] for f in found}]
+    logged = [
+        e
+        for e in (head or {}).get("launch_errors") or []
+        if e.split(":", 1)[0] not in {f.split(":", 1)[0] for f in found}
+    ]
     return found + logged
 
 
@@ -578,8 +637,9 @@ def _progress(elapsed: float, head: dict[str, Any] | None) -> str:
     pending = pending_by_type(status)
     what = ", ".join(f"{k} {name}" for name, k in pending.items()) or "nothing"
     fails = head_failures(head)
-    return (f"waiting for nodes: {elapsed:.0f} s, the autoscaler is launching {what}"
-            + (f"; failures: {'; '.join(fails)}" if fails else ""))
+    return f"waiting for nodes: {elapsed:.0f} s, the autoscaler is launching {what}" + (
+        f"; failures: {'; '.join(fails)}" if fails else ""
+    )
 
 
 # --------------------------------------------------------------------------- GPU drivers
@@ -594,9 +654,12 @@ def gpu_driver_problem(timeout_s: float = INSPECT_TIMEOUT_S) -> str | None:
 
     nodes = [n for n in alive_nodes() if n.get("Resources", {}).get("GPU", 0) > 0]
     check = ray.remote(num_cpus=0)(node_driver_problem)
-    refs = {n["NodeManagerAddress"] + f" ({n['NodeID'][:8]})": check.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-        for n in nodes}
+    refs = {
+        n["NodeManagerAddress"] + f" ({n['NodeID'][:8]})": check.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in nodes
+    }
     if not refs:
         return None
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)

@@ -39,15 +39,23 @@ def _rates(args: argparse.Namespace) -> int:
 
     try:
         model = build_model(args.arch, num_classes=10)
-        apply_stochastic_depth(model, args.target, args.method, args.drop_rate,
-                               args.distribution, sample_impl=args.sample_impl)
+        apply_stochastic_depth(
+            model,
+            args.target,
+            args.method,
+            args.drop_rate,
+            args.distribution,
+            sample_impl=args.sample_impl,
+        )
     except ValueError as err:
         raise UsageError(str(err)) from err
     names = {id(m): n for n, m in model.named_modules()}
     print(f"{'#':>3}  {'block':<12} {'kind':<16} {'drop_rate':>9}")
     for i, block in enumerate(stochastic_blocks(model)):
-        print(f"{i:>3}  {names[id(block)]:<12} {block.block_class.__name__:<16} "
-              f"{block.drop_rate:>9.4f}")
+        print(
+            f"{i:>3}  {names[id(block)]:<12} {block.block_class.__name__:<16} "
+            f"{block.drop_rate:>9.4f}"
+        )
     blocks = stochastic_blocks(model)
     print(f"{len(blocks)} blocks, expected depth {expected_depth(model):.2f} of {len(blocks)}")
     return 0
@@ -62,8 +70,9 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
-            raise UsageError(f"--set takes section.key=value (e.g. train.epochs=1), but got "
-                             f"{excerpt(item)}")
+            raise UsageError(
+                f"--set takes section.key=value (e.g. train.epochs=1), but got {excerpt(item)}"
+            )
         try:
             out[key.strip()] = parse_value(value)
         except ValueError as err:
@@ -99,12 +108,14 @@ def _validate(args: argparse.Namespace) -> int:
     spec, _ = _load(args)
     from sd_tune.config import searched_keys
 
-    searched = ", ".join(searched_keys(spec)) or ("nothing (`sd-tune launch` refuses such a "
-                                                  "file; `sd-tune train` trains its settings "
-                                                  "once)")
-    print(f"{args.space}: ok: experiment {spec.name!r}, {spec.search.num_samples} trials of "
-          f"{spec.trial.model.family} on {spec.trial.dataset.name}, searching "
-          f"{searched}; objectives " + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives))
+    searched = ", ".join(searched_keys(spec)) or (
+        "nothing (`sd-tune launch` refuses such a file; `sd-tune train` trains its settings once)"
+    )
+    print(
+        f"{args.space}: ok: experiment {spec.name!r}, {spec.search.num_samples} trials of "
+        f"{spec.trial.model.family} on {spec.trial.dataset.name}, searching "
+        f"{searched}; objectives " + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
+    )
     return 0
 
 
@@ -134,8 +145,14 @@ def _locked(folder: str, command: str) -> Iterator[None]:
         raise UsageError(f"{folder} {err}") from None
 
 
-def _start_ray(address: str | None, trial, storage: str | None = None, *, trials: int = 1,
-               wait_s: float | None = None) -> int | None:
+def _start_ray(
+    address: str | None,
+    trial,
+    storage: str | None = None,
+    *,
+    trials: int = 1,
+    wait_s: float | None = None,
+) -> int | None:
     """Start or join Ray; refuse a trial whose workers the cluster can never hold (counting
     the nodes its autoscaler may add), wait for the nodes the autoscaler is to add when none
     up can hold a trial, check the GPU nodes' driver, and refuse a ``storage`` that not
@@ -222,74 +239,114 @@ def _train(args: argparse.Namespace) -> int:
     with _locked(str(local), "sd-tune train"):
         exists = _run_exists(storage, name, local)
         if exists and not args.resume:
-            raise UsageError(f"a run named {name!r} is in {where} already, and sd-tune never "
-                             f"overwrites one; continue it with {again}, or give another "
-                             f"--name")
+            raise UsageError(
+                f"a run named {name!r} is in {where} already, and sd-tune never "
+                f"overwrites one; continue it with {again}, or give another "
+                f"--name"
+            )
         if args.resume:
             if not exists:
-                raise UsageError(f"there is no run named {name!r} in {where} to resume; "
-                                 "drop --resume to start it")
+                raise UsageError(
+                    f"there is no run named {name!r} in {where} to resume; "
+                    "drop --resume to start it"
+                )
             saved = _saved_config(local)
             if saved is None:
-                raise UsageError(f"cannot resume {where}: it has no {RUN_FILE} (a run of an "
-                                 "older sd-tune?); start it anew under another --name")
+                raise UsageError(
+                    f"cannot resume {where}: it has no {RUN_FILE} (a run of an "
+                    "older sd-tune?); start it anew under another --name"
+                )
             now = trial.to_dict()
-            changed = sorted(f"{s}.{k}: {excerpt(v)} -> {excerpt(now.get(s, {}).get(k))}"
-                             for s, sec in saved.items() if isinstance(sec, dict)
-                             for k, v in sec.items() if now.get(s, {}).get(k) != v)
+            changed = sorted(
+                f"{s}.{k}: {excerpt(v)} -> {excerpt(now.get(s, {}).get(k))}"
+                for s, sec in saved.items()
+                if isinstance(sec, dict)
+                for k, v in sec.items()
+                if now.get(s, {}).get(k) != v
+            )
             if changed:
-                raise UsageError(f"the run {name!r} was started with other settings ("
-                                 + "; ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
-                                 + "); resume it with the --space and --set it was started "
-                                   "with, or train these settings under another --name")
+                raise UsageError(
+                    f"the run {name!r} was started with other settings ("
+                    + "; ".join(changed[:5])
+                    + (", ..." if len(changed) > 5 else "")
+                    + "); resume it with the --space and --set it was started "
+                    "with, or train these settings under another --name"
+                )
         else:
             local.mkdir(parents=True, exist_ok=True)
-            store.replace_file(local / RUN_FILE, json.dumps(
-                {"name": name, "config": trial.to_dict(),
-                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+            store.replace_file(
+                local / RUN_FILE,
+                json.dumps(
+                    {
+                        "name": name,
+                        "config": trial.to_dict(),
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    },
+                    indent=2,
+                ),
+            )
         _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
         cluster.driver_log()
         epochs = trial.train.epochs
-        print(f"training {trial.model.arch} on {trial.dataset.name}: "
-              f"{trial.stochastic_depth.stochastic_method} stochastic depth, drop_rate "
-              f"{trial.stochastic_depth.drop_rate} ({trial.stochastic_depth.drop_distribution}), "
-              f"{trial.resources.num_workers} workers, {epochs} epochs"
-              + (f"; resuming {where}" if args.resume else ""), flush=True)
+        print(
+            f"training {trial.model.arch} on {trial.dataset.name}: "
+            f"{trial.stochastic_depth.stochastic_method} stochastic depth, drop_rate "
+            f"{trial.stochastic_depth.drop_rate} ({trial.stochastic_depth.drop_distribution}), "
+            f"{trial.resources.num_workers} workers, {epochs} epochs"
+            + (f"; resuming {where}" if args.resume else ""),
+            flush=True,
+        )
         args.on_interrupt = f"; continue the run with {again}"
         try:
-            ray_train.fit_trial(trial, storage=storage, name=name, max_failures=args.max_failures,
-                                emit=lambda m: print(progress_line(m, epochs), flush=True))
+            ray_train.fit_trial(
+                trial,
+                storage=storage,
+                name=name,
+                max_failures=args.max_failures,
+                emit=lambda m: print(progress_line(m, epochs), flush=True),
+            )
         except Exception as err:  # Ray wraps the worker's error; show its message, not the stack
             if store.is_disk_full(err):
-                raise store.StorageFull(f"the storage {store.root(storage)} is full "
-                                        f"({store.free_space(storage)}); the run's metrics and "
-                                        f"checkpoints so far are kept: free some space, then "
-                                        f"continue with {again}") from err
-            print(f"sd-tune train: the trial failed: {ray_train.root_cause(err)}",
-                  file=sys.stderr)
+                raise store.StorageFull(
+                    f"the storage {store.root(storage)} is full "
+                    f"({store.free_space(storage)}); the run's metrics and "
+                    f"checkpoints so far are kept: free some space, then "
+                    f"continue with {again}"
+                ) from err
+            print(f"sd-tune train: the trial failed: {ray_train.root_cause(err)}", file=sys.stderr)
             return 1
         rows = ray_train.read_metrics(local / "metrics.jsonl")
         last = rows[-1] if rows else {}
         if _INTERRUPTED or int(last.get("epoch", 0)) < epochs:
             by = f" by {_INTERRUPTED[0]}" if _INTERRUPTED else ""
-            raise UsageError(f"the run stopped{by} after epoch {int(last.get('epoch', 0))} of "
-                             f"{epochs}; its metrics and checkpoints are kept: continue it "
-                             f"with {again}")
-        summary = {k: last[k] for k in ("val_acc", "test_acc", "train_time_s", "wall_time_s")
-                   if isinstance(last.get(k), (int, float))}
-        print("done: " + ", ".join(f"{k} {v:.4f}" if k.endswith("acc") else f"{k} {v:.1f}"
-                                   for k, v in summary.items())
-              + f" ({len(rows)} epoch reports)")
+            raise UsageError(
+                f"the run stopped{by} after epoch {int(last.get('epoch', 0))} of "
+                f"{epochs}; its metrics and checkpoints are kept: continue it "
+                f"with {again}"
+            )
+        summary = {
+            k: last[k]
+            for k in ("val_acc", "test_acc", "train_time_s", "wall_time_s")
+            if isinstance(last.get(k), (int, float))
+        }
+        print(
+            "done: "
+            + ", ".join(
+                f"{k} {v:.4f}" if k.endswith("acc") else f"{k} {v:.1f}" for k, v in summary.items()
+            )
+            + f" ({len(rows)} epoch reports)"
+        )
         print(f"metrics: {local / 'metrics.jsonl'}\ntensorboard --logdir {local}")
-        store.replace_file(local / "summary.json", json.dumps(
-            {"name": name, "config": trial.to_dict(), "final": last}, indent=2))
+        store.replace_file(
+            local / "summary.json",
+            json.dumps({"name": name, "config": trial.to_dict(), "final": last}, indent=2),
+        )
         if store.is_uri(storage):
             # The run's checkpoints are at the URI already; its metrics and summary join them.
             try:
                 store.upload(local, where)
             except (OSError, ValueError) as err:
-                print(f"sd-tune train: could not copy {local} to {where}: {err}",
-                      file=sys.stderr)
+                print(f"sd-tune train: could not copy {local} to {where}: {err}", file=sys.stderr)
                 return 1
             print(f"copied {local} to {where}")
     return 0
@@ -322,7 +379,8 @@ def _write_report(exp_dir: str, spec: Any, records: list[dict[str, Any]]) -> Non
             raise store.StorageFull(
                 f"the storage of {exp_dir} is full ({store.free_space(exp_dir)}): the report "
                 f"could not be written, and the previous report files are whole; free some "
-                f"space, then run `sd-tune report {shlex.quote(exp_dir)}`") from err
+                f"space, then run `sd-tune report {shlex.quote(exp_dir)}`"
+            ) from err
         raise UsageError(f"cannot write the report in {exp_dir}: {err}") from err
 
 
@@ -340,15 +398,19 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(f"{spec.name}: {len(records)} trials (" + ", ".join(f"{v} {k}" for k, v in
-                                                          sorted(counts.items())) + ")")
+    print(
+        f"{spec.name}: {len(records)} trials ("
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + ")"
+    )
     for r in records:
         if r["status"] in ("failed", "missing", "abandoned"):
             print(f"  {r['status']} {r['trial_id']}: {r['error']}")
     print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives) + "):")
     print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
-    print(f"summary: {store.join(exp_dir, 'summary.md')}\n"
-          f"tensorboard --logdir {shlex.quote(exp_dir)}")
+    print(
+        f"summary: {store.join(exp_dir, 'summary.md')}\ntensorboard --logdir {shlex.quote(exp_dir)}"
+    )
     for note in notes:
         print(f"note: {note}")
     for line in unreadable:
@@ -359,13 +421,17 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     text = None
     if unfinished or started < spec.search.num_samples:
         stopped = f"stopped by {_INTERRUPTED[0]}: " if _INTERRUPTED else ""
-        text = (f"{stopped}the search is unfinished ({started} of {spec.search.num_samples} "
-                f"trials started, {len(unfinished)} unfinished); continue with `{resume}`")
+        text = (
+            f"{stopped}the search is unfinished ({started} of {spec.search.num_samples} "
+            f"trials started, {len(unfinished)} unfinished); continue with `{resume}`"
+        )
     if unreadable:
         if text:
             print(text)
-        raise UsageError(f"{len(unreadable)} file(s) of the experiment could not be read (listed "
-                         f"above): the report leaves out what they held")
+        raise UsageError(
+            f"{len(unreadable)} file(s) of the experiment could not be read (listed "
+            f"above): the report leaves out what they held"
+        )
     if text and after_search:
         raise UsageError(text)  # interrupted: not a success
     if text:
@@ -378,9 +444,12 @@ def _search_failed(command: str, exp_dir: str, err: Exception) -> int:
     there, exit 1."""
     from sd_tune import cluster
 
-    print(f"sd-tune {command}: the search stopped with an error: {err}; every finished trial "
-          f"is kept (Ray's logs: /tmp/ray/session_latest/logs, {cluster.DRIVER_LOG} there); "
-          f"continue with `sd-tune resume {shlex.quote(exp_dir)}`", file=sys.stderr)
+    print(
+        f"sd-tune {command}: the search stopped with an error: {err}; every finished trial "
+        f"is kept (Ray's logs: /tmp/ray/session_latest/logs, {cluster.DRIVER_LOG} there); "
+        f"continue with `sd-tune resume {shlex.quote(exp_dir)}`",
+        file=sys.stderr,
+    )
     with contextlib.suppress(UsageError, store.StorageFull, OSError):
         _report_experiment(exp_dir)
     return 1
@@ -400,14 +469,20 @@ def _launch(args: argparse.Namespace) -> int:
     exp_dir = search.experiment_dir(storage, spec.name)
     with _locked(exp_dir, "sd-tune launch"):
         if _exists(store.join(exp_dir, search.SPEC_FILE)):
-            raise UsageError(f"experiment {spec.name!r} already exists in {exp_dir}; continue "
-                             f"it with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new "
-                             "one with --name NEW")
+            raise UsageError(
+                f"experiment {spec.name!r} already exists in {exp_dir}; continue "
+                f"it with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new "
+                "one with --name NEW"
+            )
         from sd_tune.autoscale import expected_trials
 
-        slots = _start_ray(args.address, spec.trial, storage, wait_s=args.wait_for_nodes,
-                           trials=expected_trials(spec.search.num_samples,
-                                                  spec.search.max_concurrent_trials))
+        slots = _start_ray(
+            args.address,
+            spec.trial,
+            storage,
+            wait_s=args.wait_for_nodes,
+            trials=expected_trials(spec.search.num_samples, spec.search.max_concurrent_trials),
+        )
         args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
         try:
             search.run_search(spec, raw, storage, max_failures=args.max_failures, slots=slots)
@@ -423,8 +498,10 @@ def _experiment_dir(path: str) -> str:
     # join with no parts drops a URI's trailing slash
     exp_dir = store.join(path) if store.is_uri(path) else store.root(path)
     if not (_exists(store.join(exp_dir, SPEC_FILE)) or _exists(store.join(exp_dir, SPEC_COPY))):
-        raise UsageError(f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "
-                         "pass the folder or URI `sd-tune launch` printed, <storage>/<name>")
+        raise UsageError(
+            f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "
+            "pass the folder or URI `sd-tune launch` printed, <storage>/<name>"
+        )
     return exp_dir
 
 
@@ -457,8 +534,10 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     exp_dir = _experiment_dir(args.dir)
-    args.on_interrupt = (f"; the report files are whole (each is replaced in one step): run "
-                         f"`sd-tune report {shlex.quote(exp_dir)}` again")
+    args.on_interrupt = (
+        f"; the report files are whole (each is replaced in one step): run "
+        f"`sd-tune report {shlex.quote(exp_dir)}` again"
+    )
     return _report_experiment(exp_dir)
 
 
@@ -477,10 +556,11 @@ def _job_args() -> list[str]:
         args = json.loads(text)
     except ValueError:
         args = None
-    if (not isinstance(args, list) or len(args) > 1000
-            or not all(isinstance(a, str) for a in args)):
-        raise UsageError(f"${JOB_ARGS} must be a JSON list of strings (launch/submit.sh writes "
-                         f"it), but got {excerpt(text)}")
+    if not isinstance(args, list) or len(args) > 1000 or not all(isinstance(a, str) for a in args):
+        raise UsageError(
+            f"${JOB_ARGS} must be a JSON list of strings (launch/submit.sh writes "
+            f"it), but got {excerpt(text)}"
+        )
     return args
 
 
@@ -506,8 +586,9 @@ def _catch_sigterm() -> None:
 def _max_failures(text: str) -> int:
     value = int(text) if text.strip().lstrip("-").isdigit() else None
     if value is None or not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"`0 <= max_failures <= 100` must hold, but got "
-                                         f"{text[:40]!r}")
+        raise argparse.ArgumentTypeError(
+            f"`0 <= max_failures <= 100` must hold, but got {text[:40]!r}"
+        )
     return value
 
 
@@ -519,93 +600,145 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _space_args(p: argparse.ArgumentParser, *, storage: bool = True) -> None:
-    p.add_argument("--space", default="search_spaces/fashion_mnist.yaml",
-                   help="search-space YAML file (default: search_spaces/fashion_mnist.yaml, "
-                        "the embedded default)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.epochs=1 "
-                        "--set search.num_samples=4 (repeatable)")
+    p.add_argument(
+        "--space",
+        default="search_spaces/fashion_mnist.yaml",
+        help="search-space YAML file (default: search_spaces/fashion_mnist.yaml, "
+        "the embedded default)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.epochs=1 "
+        "--set search.num_samples=4 (repeatable)",
+    )
     if storage:
-        p.add_argument("--storage", help="results root: a path or s3:// / gs:// URI "
-                                         "(default: $SD_TUNE_STORAGE, else the file's "
-                                         "storage, usually results/)")
+        p.add_argument(
+            "--storage",
+            help="results root: a path or s3:// / gs:// URI "
+            "(default: $SD_TUNE_STORAGE, else the file's "
+            "storage, usually results/)",
+        )
 
 
 def _experiment_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", help="the experiment, <storage>/<name>: a folder or a URI "
-                               "(s3://bucket/prefix/name)")
+    p.add_argument(
+        "dir", help="the experiment, <storage>/<name>: a folder or a URI (s3://bucket/prefix/name)"
+    )
 
 
 def _ray_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster address (auto, ray://host:port, host:port); "
-                                     "default $RAY_ADDRESS, else a local Ray")
-    p.add_argument("--max-failures", type=_max_failures, default=1,
-                   help="worker-group restarts of a trial from its last checkpoint, 0-100 "
-                        "(default 1)")
-    p.add_argument("--wait-for-nodes", type=float, default=None, metavar="SECONDS",
-                   help="when no node of the cluster can hold a trial but its autoscaler can "
-                        "add one, how long to wait for it before giving up (default 1800)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster address (auto, ray://host:port, host:port); "
+        "default $RAY_ADDRESS, else a local Ray",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=_max_failures,
+        default=1,
+        help="worker-group restarts of a trial from its last checkpoint, 0-100 (default 1)",
+    )
+    p.add_argument(
+        "--wait-for-nodes",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="when no node of the cluster can hold a trial but its autoscaler can "
+        "add one, how long to wait for it before giving up (default 1800)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="sd-tune", description="Find how much stochastic depth a ResNet should get.")
+        prog="sd-tune", description="Find how much stochastic depth a ResNet should get."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     launch = sub.add_parser(
-        "launch", help="run the search of a space file",
+        "launch",
+        help="run the search of a space file",
         description="Run a Ray Tune experiment: Optuna proposes drop rate, distribution, depth "
-                    "and whatever else the file's `space` lists; each trial trains with Ray "
-                    "Train DDP workers. Results go to <storage>/<name>/: Tune's trial folders, "
-                    "trials.csv/json, pareto.json, time_to_accuracy.json, summary.md and "
-                    "TensorBoard entries.")
+        "and whatever else the file's `space` lists; each trial trains with Ray "
+        "Train DDP workers. Results go to <storage>/<name>/: Tune's trial folders, "
+        "trials.csv/json, pareto.json, time_to_accuracy.json, summary.md and "
+        "TensorBoard entries.",
+    )
     _space_args(launch)
-    launch.add_argument("--name", help="experiment name, one folder name: letters, digits, "
-                                       "'_', '.', '-' (default: the file's name)")
+    launch.add_argument(
+        "--name",
+        help="experiment name, one folder name: letters, digits, "
+        "'_', '.', '-' (default: the file's name)",
+    )
     _ray_args(launch)
     launch.set_defaults(func=_launch)
-    resume = sub.add_parser("resume", help="continue an interrupted search",
-                            description="Continue an interrupted experiment: finished trials "
-                                        "are kept, unfinished ones continue from their "
-                                        "checkpoints, and the search stops at num_samples. "
-                                        "Tune's saved state is checked first: a truncated one "
-                                        "is replaced by sd-tune's copy of the last whole state. "
-                                        "Ray Tune unpickles that state, which runs the code in "
-                                        "it: resume only experiments you wrote.")
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted search",
+        description="Continue an interrupted experiment: finished trials "
+        "are kept, unfinished ones continue from their "
+        "checkpoints, and the search stops at num_samples. "
+        "Tune's saved state is checked first: a truncated one "
+        "is replaced by sd-tune's copy of the last whole state. "
+        "Ray Tune unpickles that state, which runs the code in "
+        "it: resume only experiments you wrote.",
+    )
     _experiment_arg(resume)
     _ray_args(resume)
     resume.set_defaults(func=_resume)
-    rep = sub.add_parser("report", help="rebuild an experiment's summary files",
-                         description="Rebuild trials.csv/json, pareto.json, "
-                                     "time_to_accuracy.json, summary.md and the TensorBoard "
-                                     "entries from what the experiment folder holds. Only "
-                                     "plain data is read (JSON, text), never a pickle; what "
-                                     "cannot be read is listed, and the exit code is 2.")
+    rep = sub.add_parser(
+        "report",
+        help="rebuild an experiment's summary files",
+        description="Rebuild trials.csv/json, pareto.json, "
+        "time_to_accuracy.json, summary.md and the TensorBoard "
+        "entries from what the experiment folder holds. Only "
+        "plain data is read (JSON, text), never a pickle; what "
+        "cannot be read is listed, and the exit code is 2.",
+    )
     _experiment_arg(rep)
     rep.set_defaults(func=_report)
-    val = sub.add_parser("validate", help="check a space file without starting anything",
-                         description="Check a space file completely and list every problem.")
+    val = sub.add_parser(
+        "validate",
+        help="check a space file without starting anything",
+        description="Check a space file completely and list every problem.",
+    )
     _space_args(val, storage=False)
     val.set_defaults(func=_validate)
     train = sub.add_parser(
-        "train", help="train one configuration (the file's fixed settings) on Ray Train",
+        "train",
+        help="train one configuration (the file's fixed settings) on Ray Train",
         description="Train the fixed settings of a search-space file once, with Ray Train "
-                    "DDP workers and without Tune. Prints one line per epoch; metrics "
-                    "(metrics.jsonl), TensorBoard scalars and checkpoints go to "
-                    "<storage>/<name>/.")
+        "DDP workers and without Tune. Prints one line per epoch; metrics "
+        "(metrics.jsonl), TensorBoard scalars and checkpoints go to "
+        "<storage>/<name>/.",
+    )
     _space_args(train)
-    train.add_argument("--name", help="run name, one folder name (default: train-<space "
-                                      "name>-<time>); an existing run is never overwritten")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run --name from its last checkpoint, with the "
-                            "--space and --set it was started with; its metrics so far stay")
+    train.add_argument(
+        "--name",
+        help="run name, one folder name (default: train-<space "
+        "name>-<time>); an existing run is never overwritten",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run --name from its last checkpoint, with the "
+        "--space and --set it was started with; its metrics so far stay",
+    )
     _ray_args(train)
     train.set_defaults(func=_train)
-    rates = sub.add_parser("rates", help="show the per-block drop rates surgery gives a model",
-                           description="Apply stochastic depth to a model and print the "
-                                       "per-block drop rates in forward order.")
-    rates.add_argument("--arch", default="resnet50",
-                       help="resnet18/34/50/101/152, wide_resnet50_2, resnext50_32x4d or "
-                            "cifar_resnet<6n+2> (default: resnet50)")
+    rates = sub.add_parser(
+        "rates",
+        help="show the per-block drop rates surgery gives a model",
+        description="Apply stochastic depth to a model and print the "
+        "per-block drop rates in forward order.",
+    )
+    rates.add_argument(
+        "--arch",
+        default="resnet50",
+        help="resnet18/34/50/101/152, wide_resnet50_2, resnext50_32x4d or "
+        "cifar_resnet<6n+2> (default: resnet50)",
+    )
     rates.add_argument("--drop-rate", type=float, default=0.1, help="default: 0.1")
     rates.add_argument("--distribution", choices=DISTRIBUTIONS, default="linear")
     rates.add_argument("--method", choices=METHODS, default="sample")
@@ -658,8 +791,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         by = _INTERRUPTED[0] if _INTERRUPTED else "Ctrl-C"
-        print(f"sd-tune {args.command}: error: interrupted ({by}){args.on_interrupt}",
-              file=sys.stderr)
+        print(
+            f"sd-tune {args.command}: error: interrupted ({by}){args.on_interrupt}", file=sys.stderr
+        )
         return 2
 
 

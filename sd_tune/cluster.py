@@ -59,8 +59,11 @@ def init_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Worker output stays in Ray's log files (/tmp/ray/session_latest/logs): the terminal gets
     # sd-tune's own progress lines, which come through the driver.
-    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False,
-                              "configure_logging": True}
+    kwargs: dict[str, Any] = {
+        "logging_level": "WARNING",
+        "log_to_driver": False,
+        "configure_logging": True,
+    }
     if address is None:
         # "local": a new Ray of our own, even where /tmp/ray remembers an earlier `ray start`.
         # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner
@@ -70,7 +73,8 @@ def init_ray(address: str | None = None) -> None:
         # Ray 2.60 turns token authentication on for a new local Ray and says so in a warning
         # on every start; it stays on, the README says where the token lives.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-            logging.ERROR)
+            logging.ERROR
+        )
     tries = 3 if address.startswith("ray://") else 1
     for attempt in range(1, tries + 1):
         try:
@@ -148,7 +152,8 @@ def _connect_error(address: str, err: BaseException) -> ConnectionError:
     return ConnectionError(
         f"cannot connect to the Ray cluster at {address}: {first}; check --address or "
         f"RAY_ADDRESS, and give the cluster's token (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN, "
-        f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+        f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+    )
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -170,8 +175,9 @@ def worker_slots(trial: TrialConfig, nodes: Sequence[dict[str, float]]) -> int:
     need = {k: v for k, v in worker_resources(trial).items() if v > 0}
     if not need:
         return 1 << 30
-    return sum(min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items())
-               for node in nodes)
+    return sum(
+        min(math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()) for node in nodes
+    )
 
 
 def node_list(nodes: Sequence[dict[str, float]]) -> str:
@@ -180,13 +186,16 @@ def node_list(nodes: Sequence[dict[str, float]]) -> str:
     >>> node_list([{"CPU": 8.0}, {"CPU": 96.0, "GPU": 8.0}])
     '8 CPU, 96 CPU + 8 GPU'
     """
-    parts = [f"{n.get('CPU', 0.0):g} CPU" + (f" + {n['GPU']:g} GPU" if n.get("GPU") else "")
-             for n in nodes]
+    parts = [
+        f"{n.get('CPU', 0.0):g} CPU" + (f" + {n['GPU']:g} GPU" if n.get("GPU") else "")
+        for n in nodes
+    ]
     return ", ".join(parts) or "none"
 
 
-def resource_problem(trial: TrialConfig,
-                     nodes: Sequence[dict[str, float]] | None = None) -> str | None:
+def resource_problem(
+    trial: TrialConfig, nodes: Sequence[dict[str, float]] | None = None
+) -> str | None:
     """Why the cluster's nodes can never hold this trial's workers together, or None.
 
     >>> resource_problem(TrialConfig(), [{"CPU": 1.0}])[:64]
@@ -198,21 +207,27 @@ def resource_problem(trial: TrialConfig,
     have = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
     gpus = gpus_per_worker(trial)
     if need["CPU"] > have["CPU"] + 1e-9:
-        return (f"the trial needs {r.num_workers} workers x {r.cpus_per_worker} CPU = "
-                f"{need['CPU']} CPUs but the Ray cluster has {have['CPU']} CPUs; lower "
-                f"resources.num_workers or resources.cpus_per_worker (fractions like 0.5 are "
-                f"fine)")
+        return (
+            f"the trial needs {r.num_workers} workers x {r.cpus_per_worker} CPU = "
+            f"{need['CPU']} CPUs but the Ray cluster has {have['CPU']} CPUs; lower "
+            f"resources.num_workers or resources.cpus_per_worker (fractions like 0.5 are "
+            f"fine)"
+        )
     if need.get("GPU", 0.0) > have["GPU"] + 1e-9:
-        return (f"the trial needs {r.num_workers} workers x {gpus} GPU = "
-                f"{need['GPU']} GPUs but the Ray cluster has {have['GPU']} "
-                f"GPUs; run on a GPU cluster (--address) or set resources.use_gpu: false")
+        return (
+            f"the trial needs {r.num_workers} workers x {gpus} GPU = "
+            f"{need['GPU']} GPUs but the Ray cluster has {have['GPU']} "
+            f"GPUs; run on a GPU cluster (--address) or set resources.use_gpu: false"
+        )
     slots = worker_slots(trial, nodes)
     if slots < r.num_workers:
         worker = " + ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
-        return (f"the trial needs {r.num_workers} workers of {worker} each, and a worker "
-                f"must fit on one node, but the cluster's nodes ({node_list(nodes)}) hold "
-                f"only {slots} such workers; lower resources.cpus_per_worker or "
-                f"gpus_per_worker, or use larger nodes")
+        return (
+            f"the trial needs {r.num_workers} workers of {worker} each, and a worker "
+            f"must fit on one node, but the cluster's nodes ({node_list(nodes)}) hold "
+            f"only {slots} such workers; lower resources.cpus_per_worker or "
+            f"gpus_per_worker, or use larger nodes"
+        )
     return None
 
 
@@ -237,15 +252,21 @@ def storage_problem(storage: str) -> str | None:
     marker.write_text("sd-tune shared storage check\n")
     try:
         look = ray.remote(num_cpus=0)(_sees)
-        refs = {n["NodeID"]: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs),
-                            timeout=SHARED_CHECK_TIMEOUT_S)
+        refs = {
+            n["NodeID"]: look.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(marker))
+            for n in nodes
+        }
+        ready, _ = ray.wait(
+            list(refs.values()), num_returns=len(refs), timeout=SHARED_CHECK_TIMEOUT_S
+        )
         seen = {node: _answer(ref) if ref in ready else None for node, ref in refs.items()}
     finally:
         marker.unlink(missing_ok=True)
-    return shared_storage_problem(root, seen,
-                                  {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes})
+    return shared_storage_problem(
+        root, seen, {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
+    )
 
 
 def _sees(path: str) -> bool:
@@ -259,8 +280,9 @@ def _answer(ref: Any) -> bool | None:
         return None
 
 
-def shared_storage_problem(root: str, seen: dict[str, bool | None],
-                           addresses: dict[str, str]) -> str | None:
+def shared_storage_problem(
+    root: str, seen: dict[str, bool | None], addresses: dict[str, str]
+) -> str | None:
     """The message for nodes that do not see ``root`` (``seen``: node id -> whether the
     marker was found there; None when the node did not answer).
 
@@ -271,8 +293,12 @@ def shared_storage_problem(root: str, seen: dict[str, bool | None],
     missing = [node for node, ok in seen.items() if not ok]
     if not missing:
         return None
-    which = ", ".join(f"{addresses.get(n, '?')} ({n[:8]}"
-                      + (", no answer" if seen[n] is None else "") + ")" for n in missing)
-    return (f"--storage {root} is not shared: {len(missing)} of {len(seen)} nodes of the Ray "
-            f"cluster do not see it ({which}); every node writes checkpoints and results "
-            f"there, so give an s3:// or gs:// URI, or a path mounted on every node (NFS)")
+    which = ", ".join(
+        f"{addresses.get(n, '?')} ({n[:8]}" + (", no answer" if seen[n] is None else "") + ")"
+        for n in missing
+    )
+    return (
+        f"--storage {root} is not shared: {len(missing)} of {len(seen)} nodes of the Ray "
+        f"cluster do not see it ({which}); every node writes checkpoints and results "
+        f"there, so give an s3:// or gs:// URI, or a path mounted on every node (NFS)"
+    )

@@ -28,9 +28,20 @@ from sd_tune.vocab import (
 )
 
 # Every metric a trial reports after each epoch (docs/design.md §3); test_* come once at the end.
-EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
-                 "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth",
-                 "compile_time_s")
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_acc5",
+    "train_time_s",
+    "wall_time_s",
+    "images_per_s",
+    "lr",
+    "expected_depth",
+    "compile_time_s",
+)
 FINAL_METRICS = ("test_acc", "test_acc5", "test_loss")
 SAMPLERS = ("tpe", "nsga2", "random")
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
@@ -41,8 +52,7 @@ DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
 LIMITS: dict[str, tuple[int, str]] = {
     "train.epochs": (10_000, "10000 epochs is 100 times the longest published schedules"),
     "train.batch_size": (65_536, "a batch that large does not fit any accelerator's memory"),
-    "train.eval_batch_size": (65_536, "a batch that large does not fit any accelerator's "
-                                      "memory"),
+    "train.eval_batch_size": (65_536, "a batch that large does not fit any accelerator's memory"),
     "dataset.num_workers": (256, "more decoding processes than any node has cores"),
     "dataset.image_size": (4_096, "larger images than any ResNet recipe uses"),
     "resources.num_workers": (4_096, "more DDP workers than any cluster sd-tune targets"),
@@ -84,10 +94,15 @@ def name_problem(name: Any) -> str | None:
     """
     if isinstance(name, str) and len(name) <= MAX_NAME_CHARS and _NAME.fullmatch(name):
         return None
-    got = (f"{len(name)} characters" if isinstance(name, str) and len(name) > MAX_NAME_CHARS
-           else excerpt(name))
-    return (f"must be one folder name (letters, digits, '_', '.', '-', starting with a letter "
-            f"or digit, at most {MAX_NAME_CHARS} characters), but got {got}")
+    got = (
+        f"{len(name)} characters"
+        if isinstance(name, str) and len(name) > MAX_NAME_CHARS
+        else excerpt(name)
+    )
+    return (
+        f"must be one folder name (letters, digits, '_', '.', '-', starting with a letter "
+        f"or digit, at most {MAX_NAME_CHARS} characters), but got {got}"
+    )
 
 
 class ConfigError(ValueError):
@@ -97,8 +112,10 @@ class ConfigError(ValueError):
         self.source = source
         self.problems = problems
         lines = [f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:"]
-        lines += [f"  {path}: {msg}" if path else f"  {msg}"
-                  for path, msg in problems[:MAX_PROBLEMS_SHOWN]]
+        lines += [
+            f"  {path}: {msg}" if path else f"  {msg}"
+            for path, msg in problems[:MAX_PROBLEMS_SHOWN]
+        ]
         if len(problems) > MAX_PROBLEMS_SHOWN:
             lines.append(f"  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
         super().__init__("\n".join(lines))
@@ -184,9 +201,12 @@ def _renamed(section: str, key: str) -> str:
     new = RENAMED_KEYS.get(section, {}).get(key)
     if new is None:
         return key
-    warnings.warn(f"`{section}.{key}` is the old name of `{section}.{new}` (the name "
-                  f"apply_stochastic_depth uses); it still works, but rename it",
-                  RenamedKey, stacklevel=3)
+    warnings.warn(
+        f"`{section}.{key}` is the old name of `{section}.{new}` (the name "
+        f"apply_stochastic_depth uses); it still works, but rename it",
+        RenamedKey,
+        stacklevel=3,
+    )
     return new
 
 
@@ -253,14 +273,23 @@ class SpaceFile:
     source: str = "<dict>"
 
 
-SECTIONS = {"dataset": DatasetConfig, "model": ModelConfig, "train": TrainConfig,
-            "stochastic_depth": StochasticDepthConfig, "resources": ResourcesConfig}
+SECTIONS = {
+    "dataset": DatasetConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "stochastic_depth": StochasticDepthConfig,
+    "resources": ResourcesConfig,
+}
 TOP_KEYS = ("name", *SECTIONS, "space", "objectives", "search", "storage")
 
 
 def _type_name(tp: Any) -> str:
-    return {"int": "an integer", "float": "a number", "bool": "true or false",
-            "str": "a string"}.get(tp, tp)
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a string",
+    }.get(tp, tp)
 
 
 def _coerce(value: Any, annotation: str) -> tuple[Any, str | None]:
@@ -270,8 +299,11 @@ def _coerce(value: Any, annotation: str) -> tuple[Any, str | None]:
     if value is None:
         return (None, None) if optional else (None, f"must be {_type_name(base)}, not null")
     if base == "bool":
-        return (value, None) if isinstance(value, bool) else (value, f"must be true or false, "
-                                                                      f"but got {excerpt(value)}")
+        return (
+            (value, None)
+            if isinstance(value, bool)
+            else (value, f"must be true or false, but got {excerpt(value)}")
+        )
     if base == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None
@@ -286,8 +318,10 @@ def _coerce(value: Any, annotation: str) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             return value, f"must be a string, but got {excerpt(value)}"
         if len(value) > MAX_TEXT_CHARS:
-            return value, (f"must be at most {MAX_TEXT_CHARS} characters, but got "
-                           f"{len(value)}: {excerpt(value)}")
+            return value, (
+                f"must be at most {MAX_TEXT_CHARS} characters, but got "
+                f"{len(value)}: {excerpt(value)}"
+            )
         return value, None
     return value, None
 
@@ -312,16 +346,25 @@ def _section(cls: type, data: Any, path: str, problems: list[tuple[str, str]]) -
         field_name = _renamed(path, key) if isinstance(key, str) else key
         if field_name != key:
             if field_name in data:
-                problems.append((f"{path}.{key}", f"and {path}.{field_name} name one setting; "
-                                                  f"keep {path}.{field_name}"))
+                problems.append(
+                    (
+                        f"{path}.{key}",
+                        f"and {path}.{field_name} name one setting; keep {path}.{field_name}",
+                    )
+                )
                 continue
             given_as[field_name] = key
             key = field_name
         if key not in known:
             here = f"{path}.{_key(key)}"
-            problems.append((here, f"unknown key; known keys: {', '.join(known)}"
-                             if first_unknown is None else
-                             f"unknown key (the known keys are listed at {first_unknown})"))
+            problems.append(
+                (
+                    here,
+                    f"unknown key; known keys: {', '.join(known)}"
+                    if first_unknown is None
+                    else f"unknown key (the known keys are listed at {first_unknown})",
+                )
+            )
             first_unknown = first_unknown or here
             continue
         value, err = _coerce(value, str(known[key].type))
@@ -341,8 +384,9 @@ def _path(section_obj: Any, section: str, key: str) -> str:
 
 def _choice(problems: list, path: str, value: Any, allowed: tuple | list) -> None:
     if value not in allowed:
-        problems.append((path, f"must be one of {', '.join(map(repr, allowed))}, "
-                               f"but got {excerpt(value)}"))
+        problems.append(
+            (path, f"must be one of {', '.join(map(repr, allowed))}, but got {excerpt(value)}")
+        )
 
 
 def _check_depth(problems: list, path: str, family: str, depth: Any) -> None:
@@ -351,25 +395,45 @@ def _check_depth(problems: list, path: str, family: str, depth: Any) -> None:
     depths = MODEL_FAMILIES[family]
     if depths is None:
         if depth < 8 or (depth - 2) % 6:
-            problems.append((path, f"cifar_resnet depth must be 6n+2 (20, 32, 44, 56, 110, "
-                                   f"1202, ...), but got {depth}"))
+            problems.append(
+                (
+                    path,
+                    f"cifar_resnet depth must be 6n+2 (20, 32, 44, 56, 110, "
+                    f"1202, ...), but got {depth}",
+                )
+            )
     elif depth not in depths:
-        problems.append((path, f"{family} has depths {', '.join(map(str, depths))}, "
-                               f"but got {depth}"))
+        problems.append(
+            (path, f"{family} has depths {', '.join(map(str, depths))}, but got {depth}")
+        )
 
 
 def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
     """Append the problems of a trial's values (ranges, choices) to ``problems``."""
-    d, m, t, s, r = (trial.dataset, trial.model, trial.train, trial.stochastic_depth,
-                     trial.resources)
+    d, m, t, s, r = (
+        trial.dataset,
+        trial.model,
+        trial.train,
+        trial.stochastic_depth,
+        trial.resources,
+    )
     _choice(problems, "dataset.name", d.name, DATASETS)
     if not 0 < d.val_fraction < 1:
-        problems.append(("dataset.val_fraction", f"`0 < val_fraction < 1` must hold (every "
-                                                 f"epoch reports val_acc), but got "
-                                                 f"{d.val_fraction}"))
+        problems.append(
+            (
+                "dataset.val_fraction",
+                f"`0 < val_fraction < 1` must hold (every "
+                f"epoch reports val_acc), but got "
+                f"{d.val_fraction}",
+            )
+        )
     if not 0 < d.train_fraction <= 1:
-        problems.append(("dataset.train_fraction", f"`0 < train_fraction <= 1` must hold, but "
-                                                   f"got {d.train_fraction}"))
+        problems.append(
+            (
+                "dataset.train_fraction",
+                f"`0 < train_fraction <= 1` must hold, but got {d.train_fraction}",
+            )
+        )
     for key in ("max_train_samples", "max_eval_samples", "image_size"):
         value = getattr(d, key)
         if value is not None and value < 1:
@@ -394,57 +458,85 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
             problems.append((f"train.{key}", f"must be > 0, but got {getattr(t, key)}"))
     for key in ("momentum", "label_smoothing"):
         if not 0 <= getattr(t, key) < 1:
-            problems.append((f"train.{key}", f"`0 <= {key} < 1` must hold, but got "
-                                             f"{getattr(t, key)}"))
+            problems.append(
+                (f"train.{key}", f"`0 <= {key} < 1` must hold, but got {getattr(t, key)}")
+            )
     if t.weight_decay < 0:
         problems.append(("train.weight_decay", f"must be >= 0, but got {t.weight_decay}"))
     if not 0 <= t.warmup_epochs <= t.epochs:
-        problems.append(("train.warmup_epochs", f"`0 <= warmup_epochs <= epochs` must hold, "
-                                                f"but got {t.warmup_epochs} (epochs={t.epochs})"))
+        problems.append(
+            (
+                "train.warmup_epochs",
+                f"`0 <= warmup_epochs <= epochs` must hold, "
+                f"but got {t.warmup_epochs} (epochs={t.epochs})",
+            )
+        )
     for key in ("eval_batch_size", "max_steps_per_epoch"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             problems.append((f"train.{key}", f"must be >= 1 or null, but got {getattr(t, key)}"))
     if t.nan_check_every < 1:
         problems.append(("train.nan_check_every", f"must be >= 1, but got {t.nan_check_every}"))
     if not (isinstance(t.compile, bool) or t.compile == "auto"):
-        problems.append(("train.compile", f"must be 'auto' (compile on CUDA only), true or "
-                                          f"false, but got {t.compile!r}"))
-    _choice(problems, "stochastic_depth.target_layer_name", s.target_layer_name,
-            TARGET_LAYER_NAMES)
-    _choice(problems, _path(s, "stochastic_depth", "stochastic_method"), s.stochastic_method,
-            METHODS)
+        problems.append(
+            (
+                "train.compile",
+                f"must be 'auto' (compile on CUDA only), true or false, but got {t.compile!r}",
+            )
+        )
+    _choice(problems, "stochastic_depth.target_layer_name", s.target_layer_name, TARGET_LAYER_NAMES)
+    _choice(
+        problems, _path(s, "stochastic_depth", "stochastic_method"), s.stochastic_method, METHODS
+    )
     _choice(problems, "stochastic_depth.drop_distribution", s.drop_distribution, DISTRIBUTIONS)
     _choice(problems, "stochastic_depth.sample_impl", s.sample_impl, SAMPLE_IMPLS)
     if not 0 <= s.drop_rate <= 1:
-        problems.append(("stochastic_depth.drop_rate", f"`0 <= drop_rate <= 1` must hold, but "
-                                                       f"got {s.drop_rate}"))
+        problems.append(
+            (
+                "stochastic_depth.drop_rate",
+                f"`0 <= drop_rate <= 1` must hold, but got {s.drop_rate}",
+            )
+        )
     if not 0 <= s.drop_warmup < 1:
-        problems.append(("stochastic_depth.drop_warmup", f"`0 <= drop_warmup < 1` must hold, "
-                                                         f"but got {s.drop_warmup}"))
+        problems.append(
+            (
+                "stochastic_depth.drop_warmup",
+                f"`0 <= drop_warmup < 1` must hold, but got {s.drop_warmup}",
+            )
+        )
     if r.num_workers < 1:
         problems.append(("resources.num_workers", f"must be >= 1, but got {r.num_workers}"))
     if r.cpus_per_worker <= 0:
-        problems.append(("resources.cpus_per_worker", f"must be > 0, but got "
-                                                      f"{r.cpus_per_worker}"))
+        problems.append(("resources.cpus_per_worker", f"must be > 0, but got {r.cpus_per_worker}"))
     if r.gpus_per_worker is not None:
         if r.gpus_per_worker < 0:
-            problems.append(("resources.gpus_per_worker", f"must be >= 0, but got "
-                                                          f"{r.gpus_per_worker}"))
+            problems.append(
+                ("resources.gpus_per_worker", f"must be >= 0, but got {r.gpus_per_worker}")
+            )
         elif r.gpus_per_worker > 0 and not r.use_gpu:
-            problems.append(("resources.gpus_per_worker", "is > 0 but use_gpu is false; set "
-                                                          "use_gpu: true or gpus_per_worker: 0"))
+            problems.append(
+                (
+                    "resources.gpus_per_worker",
+                    "is > 0 but use_gpu is false; set use_gpu: true or gpus_per_worker: 0",
+                )
+            )
         elif r.gpus_per_worker > 1 and r.gpus_per_worker != int(r.gpus_per_worker):
-            problems.append(("resources.gpus_per_worker", f"a fraction must be at most 1 (Ray "
-                                                          f"shares one GPU, e.g. 0.25: four "
-                                                          f"workers on one GPU); above 1 it "
-                                                          f"must be whole, but got "
-                                                          f"{r.gpus_per_worker}"))
+            problems.append(
+                (
+                    "resources.gpus_per_worker",
+                    f"a fraction must be at most 1 (Ray "
+                    f"shares one GPU, e.g. 0.25: four "
+                    f"workers on one GPU); above 1 it "
+                    f"must be whole, but got "
+                    f"{r.gpus_per_worker}",
+                )
+            )
 
 
 def trial_from_dict(data: dict[str, Any], problems: list[tuple[str, str]]) -> TrialConfig:
     """Build a :class:`TrialConfig` from the five sections of ``data``, collecting problems."""
-    sections = {name: _section(cls, data.get(name), name, problems)
-                for name, cls in SECTIONS.items()}
+    sections = {
+        name: _section(cls, data.get(name), name, problems) for name, cls in SECTIONS.items()
+    }
     return TrialConfig(**sections)
 
 
@@ -457,8 +549,12 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
-                None, None, f"found an alias (*{excerpt(event.anchor)[1:-1]}): sd-tune does not "
-                            "expand YAML aliases; write the value out", event.start_mark)
+                None,
+                None,
+                f"found an alias (*{excerpt(event.anchor)[1:-1]}): sd-tune does not "
+                "expand YAML aliases; write the value out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
@@ -469,10 +565,13 @@ class _Loader(yaml.SafeLoader):
                     key = (key_node.tag, key_node.value)
                     if key in first:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"found the key {excerpt(key_node.value)} twice in one "
-                                        f"mapping (first on line {first[key]}); the second "
-                                        "would silently replace the first: keep one",
-                            key_node.start_mark)
+                            None,
+                            None,
+                            f"found the key {excerpt(key_node.value)} twice in one "
+                            f"mapping (first on line {first[key]}); the second "
+                            "would silently replace the first: keep one",
+                            key_node.start_mark,
+                        )
                     first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -509,8 +608,9 @@ def parse_value(text: str) -> Any:
     :data:`MAX_SET_CHARS`, or uses an alias or a ``!!python`` tag.
     """
     if len(text) > MAX_SET_CHARS:
-        raise ValueError(f"a value is at most {MAX_SET_CHARS} characters, but got {len(text)}: "
-                         f"{excerpt(text)}")
+        raise ValueError(
+            f"a value is at most {MAX_SET_CHARS} characters, but got {len(text)}: {excerpt(text)}"
+        )
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
@@ -533,7 +633,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 def _cut(text: str, limit: int) -> str:
     """``text`` on one line, at most ``limit`` characters (cut ones marked with ``...``)."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -559,16 +659,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, or raise :class:`ConfigError` saying what is wrong with the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(str(p), [("", "no such file; pass --space with the path of a "
-                                        "search-space YAML file (see search_spaces/)")])
+        raise ConfigError(
+            str(p),
+            [
+                (
+                    "",
+                    "no such file; pass --space with the path of a "
+                    "search-space YAML file (see search_spaces/)",
+                )
+            ],
+        )
     try:
         with p.open("rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)
         if len(raw) > MAX_FILE_BYTES:
             size = p.stat().st_size
-            raise ConfigError(str(p), [("", f"is {size / 2**10:,.0f} KiB, but a space file is "
-                                            f"at most {MAX_FILE_BYTES // 2**10} KiB (a few KB "
-                                            "is usual): is this the right file?")])
+            raise ConfigError(
+                str(p),
+                [
+                    (
+                        "",
+                        f"is {size / 2**10:,.0f} KiB, but a space file is "
+                        f"at most {MAX_FILE_BYTES // 2**10} KiB (a few KB "
+                        "is usual): is this the right file?",
+                    )
+                ],
+            )
         data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(str(p), [("", f"cannot be read: {err}")]) from err
@@ -601,8 +717,13 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
     if space is None:
         space = {}
     if not isinstance(space, dict):
-        problems.append(("space", f"must be a mapping of 'section.key' to a value or a "
-                                  f"distribution, but got {excerpt(space)}"))
+        problems.append(
+            (
+                "space",
+                f"must be a mapping of 'section.key' to a value or a "
+                f"distribution, but got {excerpt(space)}",
+            )
+        )
         space = {}
     base: list[tuple[str, str]] = []
     validate_trial(trial, base)
@@ -612,12 +733,20 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
     search = _search(data.get("search"), problems)
     storage = data.get("storage", "results")
     if not isinstance(storage, str) or not storage:
-        problems.append(("storage", f"must be a path or an s3:// / gs:// URI, but got "
-                                    f"{excerpt(storage)}"))
+        problems.append(
+            ("storage", f"must be a path or an s3:// / gs:// URI, but got {excerpt(storage)}")
+        )
     if problems:
         raise ConfigError(source, problems)
-    return SpaceFile(name=name, trial=trial, space=space, objectives=objectives, search=search,
-                     storage=storage, source=source)
+    return SpaceFile(
+        name=name,
+        trial=trial,
+        space=space,
+        objectives=objectives,
+        search=search,
+        storage=storage,
+        source=source,
+    )
 
 
 def searched_keys(spec: SpaceFile) -> list[str]:
@@ -640,10 +769,12 @@ def nothing_searched(spec: SpaceFile) -> str | None:
     if searched_keys(spec):
         return None
     what = "only fixed values" if spec.space else "it is empty"
-    return (f"space: lists no setting to search ({what}), so all {spec.search.num_samples} "
-            "trials would train the same settings; add a distribution (e.g. "
-            "stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}), or train the settings once "
-            "with `sd-tune train`")
+    return (
+        f"space: lists no setting to search ({what}), so all {spec.search.num_samples} "
+        "trials would train the same settings; add a distribution (e.g. "
+        "stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}), or train the settings once "
+        "with `sd-tune train`"
+    )
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SpaceFile:
@@ -654,8 +785,14 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     return space_from_dict(data, str(path))
 
 
-def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[tuple[str, str]],
-                       space_keys: set[str], base: list[tuple[str, str]]) -> None:
+def _check_space_entry(
+    trial: TrialConfig,
+    key: str,
+    spec: Any,
+    problems: list[tuple[str, str]],
+    space_keys: set[str],
+    base: list[tuple[str, str]],
+) -> None:
     """Check one ``space`` entry: each value it can take (a fixed value, every choice, the
     bounds of a range, every value of a short int range) must make a valid trial together
     with the fixed settings of the keys that are not searched."""
@@ -663,16 +800,26 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[t
     section, _, name = key.partition(".")
     name = RENAMED_KEYS.get(section, {}).get(name, name)
     if section not in SECTIONS or name not in {f.name for f in fields(SECTIONS[section])}:
-        problems.append((path, "must name a setting as 'section.key' (e.g. "
-                               "'stochastic_depth.drop_rate', 'model.depth', 'train.lr')"))
+        problems.append(
+            (
+                path,
+                "must name a setting as 'section.key' (e.g. "
+                "'stochastic_depth.drop_rate', 'model.depth', 'train.lr')",
+            )
+        )
         return
     annotation = str(next(f.type for f in fields(SECTIONS[section]) if f.name == name))
     if not isinstance(spec, dict):
         _check_space_values(trial, key, [spec], problems, space_keys, base)
         return
     if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTION_KINDS:
-        problems.append((path, f"a distribution is one of {{uniform|loguniform|int|choice}}: "
-                               f"[...], but got {excerpt(spec)}"))
+        problems.append(
+            (
+                path,
+                f"a distribution is one of {{uniform|loguniform|int|choice}}: "
+                f"[...], but got {excerpt(spec)}",
+            )
+        )
         return
     kind, args = next(iter(spec.items()))
     if kind == "choice":
@@ -680,14 +827,22 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[t
             problems.append((path, f"choice needs a non-empty list, but got {excerpt(args)}"))
             return
         if len(args) > MAX_CHOICES:
-            problems.append((path, f"choice takes at most {MAX_CHOICES} values (each is tried "
-                                   f"as a trial's setting), but got {len(args)}: "
-                                   f"{excerpt(args)}"))
+            problems.append(
+                (
+                    path,
+                    f"choice takes at most {MAX_CHOICES} values (each is tried "
+                    f"as a trial's setting), but got {len(args)}: "
+                    f"{excerpt(args)}",
+                )
+            )
             return
         values = args
     else:
-        if (not isinstance(args, list) or len(args) != 2
-                or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+        if (
+            not isinstance(args, list)
+            or len(args) != 2
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+        ):
             problems.append((path, f"{kind} needs [low, high], but got {excerpt(args)}"))
             return
         low, high = args
@@ -702,29 +857,43 @@ def _check_space_entry(trial: TrialConfig, key: str, spec: Any, problems: list[t
             return
         base_type = annotation.replace("| None", "").strip()
         if base_type in ("bool", "str"):
-            problems.append((path, f"{key} is {_type_name(base_type)}; use choice: [...], "
-                                   f"not {kind}"))
+            problems.append(
+                (path, f"{key} is {_type_name(base_type)}; use choice: [...], not {kind}")
+            )
             return
         if kind != "int" and base_type == "int":
-            problems.append((path, f"{key} is an integer; use int: [low, high] or "
-                                   f"choice: [...], not {kind}"))
+            problems.append(
+                (path, f"{key} is an integer; use int: [low, high] or choice: [...], not {kind}")
+            )
             return
         values = list(range(low, high + 1)) if kind == "int" and high - low < 64 else [low, high]
-    _check_space_values(trial, key, values, problems, space_keys, base,
-                        first_only=kind == "int")
+    _check_space_values(trial, key, values, problems, space_keys, base, first_only=kind == "int")
 
 
-def _check_space_values(trial: TrialConfig, key: str, values: list[Any],
-                        problems: list[tuple[str, str]], space_keys: set[str],
-                        base: list[tuple[str, str]], first_only: bool = False) -> None:
+def _check_space_values(
+    trial: TrialConfig,
+    key: str,
+    values: list[Any],
+    problems: list[tuple[str, str]],
+    space_keys: set[str],
+    base: list[tuple[str, str]],
+    first_only: bool = False,
+) -> None:
     for value in values:
         sub: list[tuple[str, str]] = []
         candidate = trial_from_dict(apply_overrides(trial.to_dict(), {key: value}), sub)
         if not sub:
             validate_trial(candidate, sub)
-        found = [(f"space.{key}", f"value {excerpt(value)}: {msg}" if p == key
-                  else f"value {excerpt(value)}: makes {p} invalid: {msg}")
-                 for p, msg in sub if p == key or (p not in space_keys and (p, msg) not in base)]
+        found = [
+            (
+                f"space.{key}",
+                f"value {excerpt(value)}: {msg}"
+                if p == key
+                else f"value {excerpt(value)}: makes {p} invalid: {msg}",
+            )
+            for p, msg in sub
+            if p == key or (p not in space_keys and (p, msg) not in base)
+        ]
         problems.extend(found)
         if found and first_only:
             return
@@ -734,20 +903,27 @@ def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
     if raw is None:
         return [Objective("val_acc", "max"), Objective("train_time_s", "min")]
     if not isinstance(raw, list) or not raw:
-        problems.append(("objectives", f"must be a non-empty list of {{metric, mode}}, but got "
-                                       f"{excerpt(raw)}"))
+        problems.append(
+            ("objectives", f"must be a non-empty list of {{metric, mode}}, but got {excerpt(raw)}")
+        )
         return []
     out = []
     reported = (*EPOCH_METRICS, *FINAL_METRICS)
     for i, item in enumerate(raw):
         path = f"objectives[{i}]"
         if not isinstance(item, dict) or set(item) != {"metric", "mode"}:
-            problems.append((path, f"must be {{metric: ..., mode: max|min}}, but got "
-                                   f"{excerpt(item)}"))
+            problems.append(
+                (path, f"must be {{metric: ..., mode: max|min}}, but got {excerpt(item)}")
+            )
             continue
         if item["metric"] not in reported:
-            problems.append((f"{path}.metric", f"{excerpt(item['metric'])} is never reported; "
-                                               f"reported metrics: {', '.join(reported)}"))
+            problems.append(
+                (
+                    f"{path}.metric",
+                    f"{excerpt(item['metric'])} is never reported; "
+                    f"reported metrics: {', '.join(reported)}",
+                )
+            )
         _choice(problems, f"{path}.mode", item["mode"], ("max", "min"))
         out.append(Objective(item["metric"], item["mode"]))
     return out
@@ -765,24 +941,39 @@ def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
         problems.append(("search.num_samples", f"must be >= 1, but got {search.num_samples}"))
     largest, why = LIMITS["search.num_samples"]
     if search.num_samples > largest:
-        problems.append(("search.num_samples", f"must be <= {largest} ({why}), but got "
-                                               f"{excerpt(search.num_samples)}"))
+        problems.append(
+            (
+                "search.num_samples",
+                f"must be <= {largest} ({why}), but got {excerpt(search.num_samples)}",
+            )
+        )
     if not 0 <= search.seed < SEED_LIMIT:
-        problems.append(("search.seed", f"`0 <= seed < 2**32` must hold, but got "
-                                        f"{excerpt(search.seed)}"))
+        problems.append(
+            ("search.seed", f"`0 <= seed < 2**32` must hold, but got {excerpt(search.seed)}")
+        )
     if search.max_concurrent_trials is not None and search.max_concurrent_trials < 1:
-        problems.append(("search.max_concurrent_trials", f"must be >= 1 or null, but got "
-                                                         f"{search.max_concurrent_trials}"))
+        problems.append(
+            (
+                "search.max_concurrent_trials",
+                f"must be >= 1 or null, but got {search.max_concurrent_trials}",
+            )
+        )
     if sched_raw is not None:
         sched = _section(SchedulerConfig, sched_raw, "search.scheduler", problems)
         _choice(problems, "search.scheduler.kind", sched.kind, ("asha",))
         _choice(problems, "search.scheduler.mode", sched.mode, ("max", "min"))
         if sched.metric not in EPOCH_METRICS:
-            problems.append(("search.scheduler.metric", f"{excerpt(sched.metric)} is not reported "
-                                                        f"every epoch; use one of "
-                                                        f"{', '.join(EPOCH_METRICS)}"))
+            problems.append(
+                (
+                    "search.scheduler.metric",
+                    f"{excerpt(sched.metric)} is not reported "
+                    f"every epoch; use one of "
+                    f"{', '.join(EPOCH_METRICS)}",
+                )
+            )
         if sched.grace_period < 1 or sched.reduction_factor < 2:
-            problems.append(("search.scheduler", "grace_period >= 1 and reduction_factor >= 2 "
-                                                 "must hold"))
+            problems.append(
+                ("search.scheduler", "grace_period >= 1 and reduction_factor >= 2 must hold")
+            )
         search.scheduler = sched
     return search

@@ -36,9 +36,12 @@ def cuda_version_text(version: int) -> str:
     return f"{version // 1000}.{(version % 1000) // 10}"
 
 
-def cuda_driver_problem(torch_cuda: str | None, driver_cuda: int | None,
-                        driver_release: str | None = None,
-                        torch_version: str | None = None) -> str | None:
+def cuda_driver_problem(
+    torch_cuda: str | None,
+    driver_cuda: int | None,
+    driver_release: str | None = None,
+    torch_version: str | None = None,
+) -> str | None:
     """Why a driver that supports CUDA ``driver_cuda`` (``cudaDriverGetVersion``'s integer,
     e.g. 12080 for 12.8; None when no driver is found) cannot run a torch built for CUDA
     ``torch_cuda`` (``torch.version.cuda``; None for a CPU build), or None when it can.
@@ -57,24 +60,30 @@ def cuda_driver_problem(torch_cuda: str | None, driver_cuda: int | None,
     """
     torch_name = f"torch {torch_version}" if torch_version else "torch"
     if torch_cuda is None:
-        return (f"{torch_name} is a CPU-only build (torch.version.cuda is None), but the trial "
-                f"asks for GPUs: install a CUDA build of torch on the GPU nodes")
+        return (
+            f"{torch_name} is a CPU-only build (torch.version.cuda is None), but the trial "
+            f"asks for GPUs: install a CUDA build of torch on the GPU nodes"
+        )
     major, minor = (int(p) for p in torch_cuda.split(".")[:2])
     need = MIN_LINUX_DRIVER.get(major)
     need_text = f"driver {need} or newer" if need else "a newer driver"
     if driver_cuda is None or driver_cuda <= 0:
-        return (f"no NVIDIA driver on this node (libcuda.so.1 cannot be loaded), but the trial "
-                f"asks for GPUs and {torch_name} is built for CUDA {major}.{minor}, which needs "
-                f"{need_text}: use a machine image (or GPU node pool) with the NVIDIA driver "
-                f"installed, or set resources.use_gpu: false")
+        return (
+            f"no NVIDIA driver on this node (libcuda.so.1 cannot be loaded), but the trial "
+            f"asks for GPUs and {torch_name} is built for CUDA {major}.{minor}, which needs "
+            f"{need_text}: use a machine image (or GPU node pool) with the NVIDIA driver "
+            f"installed, or set resources.use_gpu: false"
+        )
     if driver_cuda // 1000 >= major:
         return None
     driver = f"the NVIDIA driver {driver_release}" if driver_release else "the NVIDIA driver"
-    return (f"{driver} supports CUDA up to {cuda_version_text(driver_cuda)}, but {torch_name} "
-            f"is built for CUDA {major}.{minor}, which needs {need_text}: use a machine image "
-            f"(or GPU node pool) with {need_text} (launch/README.md, \"Before you spend "
-            f"money\"), or install a torch build for CUDA {cuda_version_text(driver_cuda)} "
-            f"or older")
+    return (
+        f"{driver} supports CUDA up to {cuda_version_text(driver_cuda)}, but {torch_name} "
+        f"is built for CUDA {major}.{minor}, which needs {need_text}: use a machine image "
+        f'(or GPU node pool) with {need_text} (launch/README.md, "Before you spend '
+        f'money"), or install a torch build for CUDA {cuda_version_text(driver_cuda)} '
+        f"or older"
+    )
 
 
 def driver_cuda_version() -> int | None:
@@ -113,8 +122,9 @@ def driver_release(proc_file: str | Path = "/proc/driver/nvidia/version") -> str
 
 def node_driver_problem() -> str | None:
     """:func:`cuda_driver_problem` for this node and the torch installed here."""
-    return cuda_driver_problem(torch.version.cuda, driver_cuda_version(), driver_release(),
-                               torch.__version__.split("+")[0])
+    return cuda_driver_problem(
+        torch.version.cuda, driver_cuda_version(), driver_release(), torch.__version__.split("+")[0]
+    )
 
 
 def check_cuda_driver(where: str = "") -> None:

@@ -18,7 +18,9 @@ from sd_tune.vocab import MODEL_FAMILIES, arch_name
 # Every torchvision family and depth of the vocabulary, under the name torchvision gives it.
 TORCHVISION_ARCHS: dict[str, Callable[..., nn.Module]] = {
     arch_name(family, depth): getattr(torchvision.models, arch_name(family, depth))
-    for family, depths in MODEL_FAMILIES.items() if depths is not None for depth in depths
+    for family, depths in MODEL_FAMILIES.items()
+    if depths is not None
+    for depth in depths
 }
 CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)  # the usual ones; any 6n+2 works
 _CIFAR = re.compile(r"cifar_resnet(\d+)")
@@ -72,8 +74,10 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"`depth` must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, 1202, ...), "
-                             f"but got {depth}")
+            raise ValueError(
+                f"`depth` must be 6n+2 with n >= 1 (20, 32, 44, 56, 110, 1202, ...), "
+                f"but got {depth}"
+            )
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -121,12 +125,15 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     if match:
         return CifarResNet(int(match.group(1)), num_classes, in_channels)
     if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"`arch` must be one of {', '.join(map(repr, TORCHVISION_ARCHS))} or "
-                         f"'cifar_resnet<6n+2>' (e.g. 'cifar_resnet56'), but got {arch!r}")
+        raise ValueError(
+            f"`arch` must be one of {', '.join(map(repr, TORCHVISION_ARCHS))} or "
+            f"'cifar_resnet<6n+2>' (e.g. 'cifar_resnet56'), but got {arch!r}"
+        )
     model = TORCHVISION_ARCHS[arch](num_classes=num_classes)
     if in_channels != 3:
         old = model.conv1
-        model.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
-                                old.padding, bias=False)
+        model.conv1 = nn.Conv2d(
+            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
+        )
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model

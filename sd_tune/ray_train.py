@@ -50,8 +50,9 @@ def config_to_trial(config: dict[str, Any]) -> TrialConfig:
 def scaling_config(trial: TrialConfig) -> ScalingConfig:
     """Workers and their resources; fractional CPUs are fine (e.g. 0.5 on a 2-core laptop)."""
     r = trial.resources
-    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                         resources_per_worker=worker_resources(trial))
+    return ScalingConfig(
+        num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_resources(trial)
+    )
 
 
 def _quiet_train_reports() -> None:
@@ -100,8 +101,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     node_ids = ",".join(worker_node_ids())
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        checkpoint = (ray.train.Checkpoint.from_directory(checkpoint_dir)
-                      if checkpoint_dir is not None and rank == 0 else None)
+        checkpoint = (
+            ray.train.Checkpoint.from_directory(checkpoint_dir)
+            if checkpoint_dir is not None and rank == 0
+            else None
+        )
         # One string, not a list: Tune's TensorBoard logger would try a list as a histogram.
         ray.train.report({**metrics, "worker_node_ids": node_ids}, checkpoint=checkpoint)
 
@@ -109,15 +113,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         print(line, flush=True)
 
     # The epoch lines reach the driver as metrics (MetricsLog, Tune), which prints them.
-    kwargs: dict[str, Any] = {"device": ray.train.torch.get_device(), "prepare_model": prepare,
-                              "say": say, "progress_lines": False}
+    kwargs: dict[str, Any] = {
+        "device": ray.train.torch.get_device(),
+        "prepare_model": prepare,
+        "say": say,
+        "progress_lines": False,
+    }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         run_trial(trial, report, **kwargs)
         return
     with checkpoint.as_directory() as resume_dir:
-        run_trial(trial, report, resume_dir=resume_dir,
-                  replay=bool(config.get("replay_history")), **kwargs)
+        run_trial(
+            trial,
+            report,
+            resume_dir=resume_dir,
+            replay=bool(config.get("replay_history")),
+            **kwargs,
+        )
 
 
 class MetricsLog(UserCallback):
@@ -130,8 +143,9 @@ class MetricsLog(UserCallback):
         self.run_dir = run_dir
         self._writer = None
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: Any) -> None:
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
         if not metrics:
             return
         m = dict(metrics[0])
@@ -153,9 +167,15 @@ class MetricsLog(UserCallback):
         return {"run_dir": self.run_dir, "_writer": None}
 
 
-def make_trainer(trial: TrialConfig, *, storage_path: str, name: str,
-                 max_failures: int = 1, callbacks: Sequence[UserCallback] = (),
-                 replay_history: bool = False) -> TorchTrainer:
+def make_trainer(
+    trial: TrialConfig,
+    *,
+    storage_path: str,
+    name: str,
+    max_failures: int = 1,
+    callbacks: Sequence[UserCallback] = (),
+    replay_history: bool = False,
+) -> TorchTrainer:
     """A ``TorchTrainer`` for one trial; its run ``name`` lets a restore find its checkpoints."""
     return TorchTrainer(
         train_loop_per_worker,
@@ -195,8 +215,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _tail(path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], None],
-          seen: int) -> None:
+def _tail(
+    path: Path, stop: threading.Event, emit: Callable[[dict[str, Any]], None], seen: int
+) -> None:
     """Emit every line appended to ``path`` after its first ``seen`` lines, until ``stop``."""
     while True:
         done = stop.is_set()
@@ -233,8 +254,14 @@ def run_dir(storage: str, name: str) -> Path:
     return Path("results", name) if is_uri(root) else Path(root, name)
 
 
-def fit_trial(trial: TrialConfig, *, storage: str, name: str, max_failures: int = 1,
-              emit: Callable[[dict[str, Any]], None] | None = None) -> Any:
+def fit_trial(
+    trial: TrialConfig,
+    *,
+    storage: str,
+    name: str,
+    max_failures: int = 1,
+    emit: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
     """Run one trial with Ray Train (Ray must be initialised) and return Ray's ``Result``.
 
     Metrics are appended to ``<storage>/<name>/metrics.jsonl`` and TensorBoard event files go
@@ -248,14 +275,21 @@ def fit_trial(trial: TrialConfig, *, storage: str, name: str, max_failures: int 
     out.mkdir(parents=True, exist_ok=True)
     log = out / "metrics.jsonl"
     stop = threading.Event()
-    tail = threading.Thread(target=_tail, args=(log, stop, emit or (lambda m: None),
-                                                len(read_metrics(log))), daemon=True)
+    tail = threading.Thread(
+        target=_tail,
+        args=(log, stop, emit or (lambda m: None), len(read_metrics(log))),
+        daemon=True,
+    )
     tail.start()
     try:
-        trainer = make_trainer(trial, storage_path=root, name=name, max_failures=max_failures,
-                               callbacks=[MetricsLog(str(out.resolve()))])
+        trainer = make_trainer(
+            trial,
+            storage_path=root,
+            name=name,
+            max_failures=max_failures,
+            callbacks=[MetricsLog(str(out.resolve()))],
+        )
         return trainer.fit()
     finally:
         stop.set()
         tail.join(timeout=5)
-

@@ -26,8 +26,7 @@ from typing import Any
 
 from sd_tune.config import EPOCH_METRICS, FINAL_METRICS, Objective
 
-STATUSES = ("completed", "stopped_early", "failed", "running", "pending", "missing",
-            "abandoned")
+STATUSES = ("completed", "stopped_early", "failed", "running", "pending", "missing", "abandoned")
 
 Record = dict[str, Any]
 
@@ -97,8 +96,10 @@ def check_records(records: Iterable[Any]) -> list[Record]:
         if not isinstance(rec, Mapping):
             raise ValueError(f"trial record {i} must be a dict, but got {type(rec).__name__}")
         if not isinstance(rec.get("trial_id"), str) or not rec["trial_id"]:
-            raise ValueError(f"trial record {i} needs a non-empty string 'trial_id', but got "
-                             f"{rec.get('trial_id')!r}")
+            raise ValueError(
+                f"trial record {i} needs a non-empty string 'trial_id', but got "
+                f"{rec.get('trial_id')!r}"
+            )
         if rec["trial_id"] in seen:
             raise ValueError(f"trial ids must be unique, but {rec['trial_id']!r} appears twice")
         seen.add(rec["trial_id"])
@@ -106,8 +107,7 @@ def check_records(records: Iterable[Any]) -> list[Record]:
     return out
 
 
-def metric_keys(records: Iterable[Mapping[str, Any]],
-                objectives: Sequence[Objective]) -> list[str]:
+def metric_keys(records: Iterable[Mapping[str, Any]], objectives: Sequence[Objective]) -> list[str]:
     """Every final metric seen: objectives first, then the reported order, then the rest.
 
     >>> metric_keys([{"final": {"zeta": 1, "test_acc": 0.8, "val_acc": 0.9}}],
@@ -162,4 +162,3 @@ def format_value(value: Any, width: int | None = None) -> str:
     if width is not None and len(text) > width:
         text = text[: width - 1] + "~"
     return text
-

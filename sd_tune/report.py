@@ -51,9 +51,17 @@ PARETO_PNG = "pareto.png"
 DROP_RATE_PNG = "drop_rate.png"
 
 __all__ = [
-    "DEFAULT_OBJECTIVES", "STATUSES", "TENSORBOARD_DIR", "Record", "dominates",
-    "format_pareto_table", "load_records", "pareto_front", "summary_markdown",
-    "time_to_accuracy", "write_results",
+    "DEFAULT_OBJECTIVES",
+    "STATUSES",
+    "TENSORBOARD_DIR",
+    "Record",
+    "dominates",
+    "format_pareto_table",
+    "load_records",
+    "pareto_front",
+    "summary_markdown",
+    "time_to_accuracy",
+    "write_results",
 ]
 
 
@@ -75,8 +83,10 @@ def _objectives(objectives: Iterable[Any] | None) -> list[Objective]:
         if not isinstance(metric, str) or not metric:
             raise ValueError(f"objective metric must be a non-empty string, but got {obj!r}")
         if mode not in MODES:
-            raise ValueError(f"objective mode must be one of 'max', 'min', but got {mode!r} "
-                             f"for metric {metric!r}")
+            raise ValueError(
+                f"objective mode must be one of 'max', 'min', but got {mode!r} "
+                f"for metric {metric!r}"
+            )
         out.append(Objective(metric, mode))
     if not out:
         raise ValueError("objectives must not be empty")
@@ -130,8 +140,9 @@ def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
-def pareto_front(records: Iterable[Mapping[str, Any]],
-                 objectives: Iterable[Any] | None = None) -> list[Record]:
+def pareto_front(
+    records: Iterable[Mapping[str, Any]], objectives: Iterable[Any] | None = None
+) -> list[Record]:
     """The non-dominated completed trials, best first by the first objective.
 
     Only ``status == "completed"`` trials with a finite value for every objective take part;
@@ -148,15 +159,23 @@ def pareto_front(records: Iterable[Mapping[str, Any]],
     ['a', 'b']
     """
     objs = _objectives(objectives)
-    cands = [(v, rec) for rec in check_records(records)
-             if rec.get("status") == "completed" and (v := _vector(rec, objs)) is not None]
+    cands = [
+        (v, rec)
+        for rec in check_records(records)
+        if rec.get("status") == "completed" and (v := _vector(rec, objs)) is not None
+    ]
     front = [(v, rec) for v, rec in cands if not any(dominates(w, v) for w, _ in cands)]
     front.sort(key=lambda item: (item[0], item[1]["trial_id"]))
     return [rec for _, rec in front]
 
 
-def time_to_accuracy(records: Iterable[Mapping[str, Any]], metric: str = "val_acc",
-                     time_key: str = "train_time_s", *, mode: str = "max") -> list[dict[str, Any]]:
+def time_to_accuracy(
+    records: Iterable[Mapping[str, Any]],
+    metric: str = "val_acc",
+    time_key: str = "train_time_s",
+    *,
+    mode: str = "max",
+) -> list[dict[str, Any]]:
     """The best ``metric`` reachable within each budget of ``time_key`` seconds.
 
     Every epoch report of every trial counts, whatever the trial's status: the seconds a
@@ -197,22 +216,40 @@ def time_to_accuracy(records: Iterable[Mapping[str, Any]], metric: str = "val_ac
 # --------------------------------------------------------------------------- tables
 
 
-def _table_rows(front: Sequence[Mapping[str, Any]], objectives: Sequence[Objective],
-                params: Sequence[str] | None) -> tuple[list[str], list[list[Any]]]:
+def _table_rows(
+    front: Sequence[Mapping[str, Any]],
+    objectives: Sequence[Objective],
+    params: Sequence[str] | None,
+) -> tuple[list[str], list[list[Any]]]:
     keys = list(params) if params is not None else _param_keys(front)
     metrics = [o.metric for o in objectives]
-    extra = [m for m in ("test_acc",) if m not in metrics
-             and any(number(record_final(r).get(m)) is not None for r in front)]
-    header = (["rank", "trial"] + _short_names(keys)
-              + [f"{o.metric} ({o.mode})" for o in objectives] + extra)
-    rows = [[i + 1, rec.get("trial_id")] + [record_params(rec).get(k) for k in keys]
-            + [number(record_final(rec).get(m)) for m in metrics + extra]
-            for i, rec in enumerate(front)]
+    extra = [
+        m
+        for m in ("test_acc",)
+        if m not in metrics and any(number(record_final(r).get(m)) is not None for r in front)
+    ]
+    header = (
+        ["rank", "trial"]
+        + _short_names(keys)
+        + [f"{o.metric} ({o.mode})" for o in objectives]
+        + extra
+    )
+    rows = [
+        [i + 1, rec.get("trial_id")]
+        + [record_params(rec).get(k) for k in keys]
+        + [number(record_final(rec).get(m)) for m in metrics + extra]
+        for i, rec in enumerate(front)
+    ]
     return header, rows
 
 
-def format_pareto_table(front: Sequence[Mapping[str, Any]], objectives: Iterable[Any] | None = None,
-                        params: Sequence[str] | None = None, *, max_width: int = 20) -> str:
+def format_pareto_table(
+    front: Sequence[Mapping[str, Any]],
+    objectives: Iterable[Any] | None = None,
+    params: Sequence[str] | None = None,
+    *,
+    max_width: int = 20,
+) -> str:
     """A fixed-width table of a front for the terminal: rank, trial, params, objectives, test_acc.
 
     ``params`` are the parameter keys to show (default: every key in the front), headed by
@@ -229,12 +266,15 @@ def format_pareto_table(front: Sequence[Mapping[str, Any]], objectives: Iterable
         return "(empty Pareto front: no completed trial has every objective metric)"
     cells = [[format_value(v, max_width) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
-               for i in range(len(header))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+        for i in range(len(header))
+    ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+        ).rstrip()
 
     return "\n".join([line(header)] + [line(r) for r in cells])
 
@@ -243,8 +283,10 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     def cell(value: Any) -> str:
         return format_value(value).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+    lines = [
+        "| " + " | ".join(cell(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -277,8 +319,14 @@ def load_records(path: str | Path) -> list[Record]:
 def _write_csv(path: Path, records: Sequence[Record], objectives: Sequence[Objective]) -> None:
     pkeys, mkeys = _param_keys(records), metric_keys(records, objectives)
     mcols = [f"metric.{m}" if m in FIXED_COLUMNS or m.startswith("param.") else m for m in mkeys]
-    header = ["trial_id", "status", *(f"param.{k}" for k in pkeys), *mcols, "epochs_reported",
-              "error"]
+    header = [
+        "trial_id",
+        "status",
+        *(f"param.{k}" for k in pkeys),
+        *mcols,
+        "epochs_reported",
+        "error",
+    ]
 
     def cell(value: Any) -> Any:
         value = jsonable(value)
@@ -291,25 +339,42 @@ def _write_csv(path: Path, records: Sequence[Record], objectives: Sequence[Objec
     writer.writerow(header)
     for rec in records:
         params, final = record_params(rec), record_final(rec)
-        writer.writerow([rec["trial_id"], rec.get("status", ""),
-                         *(cell(params.get(k)) for k in pkeys),
-                         *(cell(final.get(m)) for m in mkeys),
-                         len(rec.get("history") or []), cell(rec.get("error"))])
+        writer.writerow(
+            [
+                rec["trial_id"],
+                rec.get("status", ""),
+                *(cell(params.get(k)) for k in pkeys),
+                *(cell(final.get(m)) for m in mkeys),
+                len(rec.get("history") or []),
+                cell(rec.get("error")),
+            ]
+        )
     replace_file(path, f.getvalue())
 
 
 def _front_entry(rank: int, rec: Mapping[str, Any], objectives: Sequence[Objective]) -> dict:
     final = record_final(rec)
-    entry = {"rank": rank, "trial_id": rec["trial_id"], "params": jsonable(record_params(rec)),
-             "objectives": {o.metric: number(final.get(o.metric)) for o in objectives}}
+    entry = {
+        "rank": rank,
+        "trial_id": rec["trial_id"],
+        "params": jsonable(record_params(rec)),
+        "objectives": {o.metric: number(final.get(o.metric)) for o in objectives},
+    }
     if number(final.get("test_acc")) is not None:
         entry["test_acc"] = number(final.get("test_acc"))
     return entry
 
 
-def summary_markdown(exp_dir: str | Path, name: str, records: Sequence[Record],
-                     objectives: Sequence[Objective], front: Sequence[Record],
-                     tta: Sequence[Mapping[str, Any]], *, figures: bool = False) -> str:
+def summary_markdown(
+    exp_dir: str | Path,
+    name: str,
+    records: Sequence[Record],
+    objectives: Sequence[Objective],
+    front: Sequence[Record],
+    tta: Sequence[Mapping[str, Any]],
+    *,
+    figures: bool = False,
+) -> str:
     """The ``summary.md`` text (also shown in TensorBoard's Text tab); ``figures``: show
     ``pareto.png`` and ``drop_rate.png``, written beside it.
 
@@ -319,8 +384,9 @@ def summary_markdown(exp_dir: str | Path, name: str, records: Sequence[Record],
     """
     counts = Counter(str(r.get("status", "unknown")) for r in records)
     order = [s for s in STATUSES if counts[s]] + sorted(s for s in counts if s not in STATUSES)
-    goal = ", ".join(f"{'maximise' if o.mode == 'max' else 'minimise'} `{o.metric}`"
-                     for o in objectives)
+    goal = ", ".join(
+        f"{'maximise' if o.mode == 'max' else 'minimise'} `{o.metric}`" for o in objectives
+    )
     lines = [f"# sd-tune results: {name}", ""]
     if not records:
         lines += ["No trials: nothing was run or recorded.", ""]
@@ -332,9 +398,11 @@ def summary_markdown(exp_dir: str | Path, name: str, records: Sequence[Record],
     lines += [f"## Best by {objectives[0].metric}", ""]
     if front:
         best = front[0]
-        values = ", ".join(f"{m} {format_value(number(record_final(best).get(m)))}"
-                           for m in dict.fromkeys([*(o.metric for o in objectives), "test_acc"])
-                           if number(record_final(best).get(m)) is not None)
+        values = ", ".join(
+            f"{m} {format_value(number(record_final(best).get(m)))}"
+            for m in dict.fromkeys([*(o.metric for o in objectives), "test_acc"])
+            if number(record_final(best).get(m)) is not None
+        )
         params = ", ".join(f"{k}={format_value(v)}" for k, v in record_params(best).items())
         lines += [f"Trial `{best['trial_id']}`: {values}; params: {params or '(none)'}.", ""]
     else:
@@ -348,17 +416,25 @@ def summary_markdown(exp_dir: str | Path, name: str, records: Sequence[Record],
     if figures:
         lines += [f"![Pareto front (TensorBoard: Images, pareto_front)]({PARETO_PNG})", ""]
         metric = objectives[0].metric
-        lines += ["## Drop rate and depth", "",
-                  f"Final `{metric}` of every completed trial (filled) and every trial stopped "
-                  "early (hollow) against `stochastic_depth.drop_rate`: one colour per depth, "
-                  "one marker per drop distribution and method.", "",
-                  f"![{metric} against drop rate (TensorBoard: Images, drop_rate)]"
-                  f"({DROP_RATE_PNG})", ""]
+        lines += [
+            "## Drop rate and depth",
+            "",
+            f"Final `{metric}` of every completed trial (filled) and every trial stopped "
+            "early (hollow) against `stochastic_depth.drop_rate`: one colour per depth, "
+            "one marker per drop distribution and method.",
+            "",
+            f"![{metric} against drop rate (TensorBoard: Images, drop_rate)]({DROP_RATE_PNG})",
+            "",
+        ]
 
-    lines += ["## Time to accuracy", "",
-              "Best `val_acc` reachable within each `train_time_s` budget, over every epoch "
-              "report of every trial (stopped-early and failed trials included: their time "
-              "was spent).", ""]
+    lines += [
+        "## Time to accuracy",
+        "",
+        "Best `val_acc` reachable within each `train_time_s` budget, over every epoch "
+        "report of every trial (stopped-early and failed trials included: their time "
+        "was spent).",
+        "",
+    ]
     if tta:
         rows = [[p["time_s"], p["val_acc"], p["trial_id"], p.get("epoch")] for p in tta]
         lines += [_markdown_table(["train_time_s <=", "val_acc", "trial", "epoch"], rows), ""]
@@ -374,22 +450,35 @@ def summary_markdown(exp_dir: str | Path, name: str, records: Sequence[Record],
             lines.append(f"- `{rec['trial_id']}`{where}: {_reason(rec.get('error'))}")
         lines.append("")
 
-    lines += ["## Files and TensorBoard", "",
-              "`trials.csv`, `trials.json` (with every epoch report), `pareto.json`, "
-              f"`time_to_accuracy.json`, `{PARETO_PNG}`, `{DROP_RATE_PNG}`.", "",
-              "In TensorBoard (`tensorboard/`): HParams (one session per trial), the figures "
-              "(Images), this summary (Text) and every trial's per-epoch curves (Scalars, "
-              "`epoch/<metric>`):", "",
-              f"    tensorboard --logdir {shlex.quote(str(exp_dir))}", ""]
+    lines += [
+        "## Files and TensorBoard",
+        "",
+        "`trials.csv`, `trials.json` (with every epoch report), `pareto.json`, "
+        f"`time_to_accuracy.json`, `{PARETO_PNG}`, `{DROP_RATE_PNG}`.",
+        "",
+        "In TensorBoard (`tensorboard/`): HParams (one session per trial), the figures "
+        "(Images), this summary (Text) and every trial's per-epoch curves (Scalars, "
+        "`epoch/<metric>`):",
+        "",
+        f"    tensorboard --logdir {shlex.quote(str(exp_dir))}",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- everything
 
 
-def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str, Any]],
-                  objectives: Iterable[Any] | None = None, *, tensorboard: bool = True,
-                  figure: bool = True, location: str | None = None) -> dict[str, Path]:
+def write_results(
+    exp_dir: str | Path,
+    name: str,
+    records: Iterable[Mapping[str, Any]],
+    objectives: Iterable[Any] | None = None,
+    *,
+    tensorboard: bool = True,
+    figure: bool = True,
+    location: str | None = None,
+) -> dict[str, Path]:
     """Write every file of an experiment's report under ``exp_dir`` and return their paths.
 
     Files: ``trials.csv`` (one row per trial: ``param.<key>`` columns, one column per final
@@ -437,10 +526,16 @@ def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str,
     objs = _objectives(objectives)
     front = pareto_front(records, objs)
     tta = time_to_accuracy(records)
-    paths = {key: exp_dir / file for key, file in (
-        ("trials_csv", "trials.csv"), ("trials_json", "trials.json"),
-        ("pareto_json", "pareto.json"), ("time_to_accuracy_json", "time_to_accuracy.json"),
-        ("summary_md", "summary.md"))}
+    paths = {
+        key: exp_dir / file
+        for key, file in (
+            ("trials_csv", "trials.csv"),
+            ("trials_json", "trials.json"),
+            ("pareto_json", "pareto.json"),
+            ("time_to_accuracy_json", "time_to_accuracy.json"),
+            ("summary_md", "summary.md"),
+        )
+    }
     obj_json = [{"metric": o.metric, "mode": o.mode} for o in objs]
 
     def dump(path: Path, data: Any) -> None:
@@ -448,23 +543,31 @@ def write_results(exp_dir: str | Path, name: str, records: Iterable[Mapping[str,
 
     _write_csv(paths["trials_csv"], records, objs)
     dump(paths["trials_json"], {"name": name, "objectives": obj_json, "trials": records})
-    dump(paths["pareto_json"], {"name": name, "objectives": obj_json, "trials": [
-        _front_entry(i + 1, rec, objs) for i, rec in enumerate(front)]})
-    dump(paths["time_to_accuracy_json"], {"metric": "val_acc", "time_key": "train_time_s",
-                                          "points": tta})
-    summary = summary_markdown(location or exp_dir, name, records, objs, front, tta,
-                               figures=figure)
+    dump(
+        paths["pareto_json"],
+        {
+            "name": name,
+            "objectives": obj_json,
+            "trials": [_front_entry(i + 1, rec, objs) for i, rec in enumerate(front)],
+        },
+    )
+    dump(
+        paths["time_to_accuracy_json"],
+        {"metric": "val_acc", "time_key": "train_time_s", "points": tta},
+    )
+    summary = summary_markdown(location or exp_dir, name, records, objs, front, tta, figures=figure)
     replace_file(paths["summary_md"], summary)
     images = {}
     if figure:
-        images = {"pareto_front": png(pareto_figure(records, objs, front, tta)),
-                  "drop_rate": png(drop_rate_figure(records, objs[0]))}
+        images = {
+            "pareto_front": png(pareto_figure(records, objs, front, tta)),
+            "drop_rate": png(drop_rate_figure(records, objs[0])),
+        }
         paths["figure_png"] = exp_dir / PARETO_PNG
         paths["drop_rate_png"] = exp_dir / DROP_RATE_PNG
         replace_file(paths["figure_png"], images["pareto_front"])
         replace_file(paths["drop_rate_png"], images["drop_rate"])
     if tensorboard:
         paths["tensorboard"] = exp_dir / TENSORBOARD_DIR
-        write_tensorboard(paths["tensorboard"], name, records, objs, summary=summary,
-                          images=images)
+        write_tensorboard(paths["tensorboard"], name, records, objs, summary=summary, images=images)
     return paths

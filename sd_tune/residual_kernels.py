@@ -55,8 +55,9 @@ def _from_rows(rows: Tensor, like: Tensor) -> Tensor:
     if like.dim() > 1 and not like.is_contiguous():
         spatial = like.shape[2:]
         nd = like.dim()
-        return rows.view(rows.shape[0], *spatial, like.shape[1]).permute(0, nd - 1,
-                                                                          *range(1, nd - 1))
+        return rows.view(rows.shape[0], *spatial, like.shape[1]).permute(
+            0, nd - 1, *range(1, nd - 1)
+        )
     return rows.view(rows.shape[0], *like.shape[1:])
 
 
@@ -66,10 +67,15 @@ def _match(t: Tensor, layout: torch.memory_format) -> Tensor:
 
 def _use_triton(*tensors: Tensor) -> bool:
     first = tensors[0]
-    return (TRITON_ENABLED and (first.is_cuda or _INTERPRET)
-            and not torch.compiler.is_compiling()
-            and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
-            and first.dtype in _TRITON_DTYPES and first.dim() >= 1 and first.numel() > 0)
+    return (
+        TRITON_ENABLED
+        and (first.is_cuda or _INTERPRET)
+        and not torch.compiler.is_compiling()
+        and all(t.dtype == first.dtype and t.device == first.device for t in tensors)
+        and first.dtype in _TRITON_DTYPES
+        and first.dim() >= 1
+        and first.numel() > 0
+    )
 
 
 def _triton() -> Any:
@@ -115,15 +121,25 @@ class _ResidualReLU(torch.autograd.Function):
     """``relu(identity + scale * branch)`` in one Triton pass each way."""
 
     @staticmethod
-    def forward(ctx: Any, branch: Tensor, identity: Tensor, row_scale: Tensor | None,
-                scale: float) -> Tensor:
+    def forward(
+        ctx: Any, branch: Tensor, identity: Tensor, row_scale: Tensor | None, scale: float
+    ) -> Tensor:
         kernels = _triton()
         out = torch.empty_like(identity)
         batch = identity.shape[0]
         width = identity.numel() // batch
         kernels.residual_relu_fwd[_grid(batch, width)](
-            _rows(branch), _rows(identity), _rows(out), None, row_scale, scale, width,
-            HAS_POS=False, ROW_SCALE=row_scale is not None, BLOCK=_BLOCK)
+            _rows(branch),
+            _rows(identity),
+            _rows(out),
+            None,
+            row_scale,
+            scale,
+            width,
+            HAS_POS=False,
+            ROW_SCALE=row_scale is not None,
+            BLOCK=_BLOCK,
+        )
         ctx.save_for_backward(out, row_scale)
         ctx.scale = scale
         return out
@@ -138,9 +154,19 @@ class _ResidualReLU(torch.autograd.Function):
         batch = out.shape[0]
         width = out.numel() // batch
         _triton().residual_relu_bwd[_grid(batch, width)](
-            _rows(grad), _rows(out), _rows(grad_identity), _rows(grad_branch), None,
-            row_scale, ctx.scale, width, HAS_POS=False, ROW_SCALE=row_scale is not None,
-            WRITE_BRANCH=not same, BLOCK=_BLOCK)
+            _rows(grad),
+            _rows(out),
+            _rows(grad_identity),
+            _rows(grad_branch),
+            None,
+            row_scale,
+            ctx.scale,
+            width,
+            HAS_POS=False,
+            ROW_SCALE=row_scale is not None,
+            WRITE_BRANCH=not same,
+            BLOCK=_BLOCK,
+        )
         return grad_branch, grad_identity, None, None
 
 
@@ -152,11 +178,16 @@ def residual_relu(branch: Tensor, identity: Tensor, scale: float | Tensor | None
     >>> residual_relu(torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 0.5]]), 2.0)
     tensor([[2.5000, 0.0000]])
     """
-    if (_use_triton(branch, identity) and branch.shape == identity.shape
-            and _layout(identity) is not None and _layout(branch) == _layout(identity)
-            and not (isinstance(scale, Tensor) and (scale.dim() == 0
-                                                    or scale.device != identity.device))
-            and _triton() is not None):
+    if (
+        _use_triton(branch, identity)
+        and branch.shape == identity.shape
+        and _layout(identity) is not None
+        and _layout(branch) == _layout(identity)
+        and not (
+            isinstance(scale, Tensor) and (scale.dim() == 0 or scale.device != identity.device)
+        )
+        and _triton() is not None
+    ):
         row_scale, value = _scale_args(scale, identity.shape[0])
         return _ResidualReLU.apply(branch, identity, row_scale, value)
     return _torch_residual_relu(branch, identity, scale)
@@ -181,8 +212,9 @@ def _add_rows_(dest: Tensor, idx: Tensor, rows: Tensor, alpha: float = 1.0) -> T
     rows = _match(rows, _layout(dest))
     if _use_triton(dest, rows) and alpha == 1.0 and _triton() is not None:
         width = dest.numel() // max(dest.shape[0], 1)
-        _triton().add_rows[_grid(idx.numel(), width)](_rows(dest), _rows(rows), idx, width,
-                                                      BLOCK=_BLOCK)
+        _triton().add_rows[_grid(idx.numel(), width)](
+            _rows(dest), _rows(rows), idx, width, BLOCK=_BLOCK
+        )
         return dest
     flat = _rows(dest)
     if dest.is_cuda:  # CUDA's index_add_ adds atomically; gather, add and copy back instead
@@ -204,8 +236,9 @@ class _TakeRows(torch.autograd.Function):
         (idx,) = ctx.saved_tensors
         grad = ctx.stash.grad if ctx.stash is not None else None
         if grad is None:
-            grad = torch.empty(ctx.shape, dtype=grad_rows.dtype, device=grad_rows.device,
-                               memory_format=ctx.layout).zero_()
+            grad = torch.empty(
+                ctx.shape, dtype=grad_rows.dtype, device=grad_rows.device, memory_format=ctx.layout
+            ).zero_()
         else:
             ctx.stash.grad = None
         return _add_rows_(grad, idx, grad_rows), None, None
@@ -245,14 +278,19 @@ def take_rows(x: Tensor, idx: Tensor, stash: RowGradStash | None = None) -> Tens
 def _positions(idx: Tensor, batch: int) -> Tensor:
     """``pos[r] = j`` where ``idx[j] == r``, else -1: where each output row finds its branch row."""
     pos = torch.full((batch,), -1, dtype=torch.int32, device=idx.device)
-    return pos.index_copy_(0, idx, torch.arange(idx.numel(), dtype=torch.int32,
-                                                device=idx.device))
+    return pos.index_copy_(0, idx, torch.arange(idx.numel(), dtype=torch.int32, device=idx.device))
 
 
 class _ScatterResidualReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, identity: Tensor, rows: Tensor, idx: Tensor, scale: float,
-                stash: RowGradStash | None) -> Tensor:
+    def forward(
+        ctx: Any,
+        identity: Tensor,
+        rows: Tensor,
+        idx: Tensor,
+        scale: float,
+        stash: RowGradStash | None,
+    ) -> Tensor:
         layout = _layout(identity)
         rows = _match(rows, layout)
         batch = identity.shape[0]
@@ -261,12 +299,22 @@ class _ScatterResidualReLU(torch.autograd.Function):
             pos = _positions(idx, batch)
             width = identity.numel() // batch
             _triton().residual_relu_fwd[_grid(batch, width)](
-                _rows(rows), _rows(identity), _rows(out), pos, None, scale, width,
-                HAS_POS=True, ROW_SCALE=False, BLOCK=_BLOCK)
+                _rows(rows),
+                _rows(identity),
+                _rows(out),
+                pos,
+                None,
+                scale,
+                width,
+                HAS_POS=True,
+                ROW_SCALE=False,
+                BLOCK=_BLOCK,
+            )
         else:
             pos = None
-            out = _add_rows_(identity.clone(memory_format=torch.preserve_format), idx, rows,
-                             scale).relu_()
+            out = _add_rows_(
+                identity.clone(memory_format=torch.preserve_format), idx, rows, scale
+            ).relu_()
         ctx.save_for_backward(idx, out, pos)
         ctx.scale, ctx.stash = scale, stash
         ctx.rows_dtype = rows.dtype
@@ -278,13 +326,27 @@ class _ScatterResidualReLU(torch.autograd.Function):
         grad = _match(grad, _layout(out))
         if pos is not None:
             grad_identity = torch.empty_like(out)
-            grad_rows = torch.empty((idx.numel(), *out.shape[1:]), dtype=ctx.rows_dtype,
-                                    device=out.device, memory_format=_layout(out))
+            grad_rows = torch.empty(
+                (idx.numel(), *out.shape[1:]),
+                dtype=ctx.rows_dtype,
+                device=out.device,
+                memory_format=_layout(out),
+            )
             width = out.numel() // out.shape[0]
             _triton().residual_relu_bwd[_grid(out.shape[0], width)](
-                _rows(grad), _rows(out), _rows(grad_identity), _rows(grad_rows), pos, None,
-                ctx.scale, width, HAS_POS=True, ROW_SCALE=False, WRITE_BRANCH=True,
-                BLOCK=_BLOCK)
+                _rows(grad),
+                _rows(out),
+                _rows(grad_identity),
+                _rows(grad_rows),
+                pos,
+                None,
+                ctx.scale,
+                width,
+                HAS_POS=True,
+                ROW_SCALE=False,
+                WRITE_BRANCH=True,
+                BLOCK=_BLOCK,
+            )
         else:
             grad_identity = torch.ops.aten.threshold_backward(grad, out, 0)
             grad_identity = _match(grad_identity, _layout(out))
@@ -297,8 +359,13 @@ class _ScatterResidualReLU(torch.autograd.Function):
         return None, grad_rows, None, None, None
 
 
-def scatter_residual_relu(identity: Tensor, rows: Tensor, idx: Tensor, scale: float | Tensor = 1.0,
-                          stash: RowGradStash | None = None) -> Tensor:
+def scatter_residual_relu(
+    identity: Tensor,
+    rows: Tensor,
+    idx: Tensor,
+    scale: float | Tensor = 1.0,
+    stash: RowGradStash | None = None,
+) -> Tensor:
     """``relu(identity + scale * rows scattered to the batch rows idx)``; ``idx`` distinct.
 
     With a ``stash`` (the identity is the input of the :func:`take_rows` that made ``rows``),

@@ -58,15 +58,26 @@ RECORDS_DIR = f"{OWN_DIR}/trials"  # <trial id>.json: each finished trial, writt
 SPEC_COPY = f"{OWN_DIR}/space.json"  # a second copy of SPEC_FILE
 STATE_COPY = f"{OWN_DIR}/tune_state.json"  # Tune's last good state, for resume
 # Tune's files that ``Tuner.restore`` needs, by kind (<session> is the run's start time).
-TUNE_STATE = {"experiment_state": "experiment_state-*.json",
-              "search_gen_state": "search_gen_state-*.json",
-              "searcher_state": "searcher-state-*.pkl"}
+TUNE_STATE = {
+    "experiment_state": "experiment_state-*.json",
+    "search_gen_state": "search_gen_state-*.json",
+    "searcher_state": "searcher-state-*.pkl",
+}
 TUNER_PKL = "tuner.pkl"
 # What reporting an experiment at a URI leaves out of its local copy: the Train runs and
 # checkpoints (ImageNet ones are 100s of MB each), the TensorBoard files, and what reporting
 # never reads (pickles, the state copy, the lock).
-REPORT_SKIPS = ("train_runs", "checkpoint_*", "tensorboard", "events.out.tfevents.*", "*.pkl",
-                "search_gen_state-*", "tune_state.json", store.LOCK_FILE, "*.set-aside-*")
+REPORT_SKIPS = (
+    "train_runs",
+    "checkpoint_*",
+    "tensorboard",
+    "events.out.tfevents.*",
+    "*.pkl",
+    "search_gen_state-*",
+    "tune_state.json",
+    store.LOCK_FILE,
+    "*.set-aside-*",
+)
 # Largest files that report and resume read: far above real ones, so a planted or damaged
 # file cannot exhaust memory.
 MAX_STATE_BYTES = 512 * 2**20  # Tune's state of ~50,000 trials
@@ -95,8 +106,9 @@ def optuna_distributions(space: dict[str, Any]) -> tuple[dict[str, Any], dict[st
         if kind == "uniform":
             dists[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]))
         elif kind == "loguniform":
-            dists[key] = optuna.distributions.FloatDistribution(float(args[0]), float(args[1]),
-                                                                log=True)
+            dists[key] = optuna.distributions.FloatDistribution(
+                float(args[0]), float(args[1]), log=True
+            )
         elif kind == "int":
             dists[key] = optuna.distributions.IntDistribution(int(args[0]), int(args[1]))
         else:
@@ -111,8 +123,9 @@ def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(2, spec.search.num_samples // 3))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup,
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, n_startup_trials=startup, constant_liar=True
+    )
 
 
 def make_searcher(spec: SpaceFile) -> OptunaSearch:
@@ -120,18 +133,26 @@ def make_searcher(spec: SpaceFile) -> OptunaSearch:
     dists, _ = optuna_distributions(spec.space)
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
-    return OptunaSearch(space=dists, metric=metrics if len(metrics) > 1 else metrics[0],
-                        mode=modes if len(modes) > 1 else modes[0],
-                        sampler=make_sampler(spec))
+    return OptunaSearch(
+        space=dists,
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=make_sampler(spec),
+    )
 
 
 def make_scheduler(spec: SpaceFile) -> ASHAScheduler | None:
     s = spec.search.scheduler
     if s is None:
         return None
-    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode,
-                         max_t=max_epochs(spec), grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=s.metric,
+        mode=s.mode,
+        max_t=max_epochs(spec),
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def max_epochs(spec: SpaceFile) -> int:
@@ -162,8 +183,13 @@ def build_trial(base: dict[str, Any], params: dict[str, Any]) -> TrialConfig:
     return make_trial(apply_overrides(base, params), "searched trial configuration")
 
 
-def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None,
-                      storage: str = "", experiment: str = "", max_failures: int = 1) -> None:
+def run_trial_in_tune(
+    config: dict[str, Any],
+    base: dict[str, Any] | None = None,
+    storage: str = "",
+    experiment: str = "",
+    max_failures: int = 1,
+) -> None:
     """The Tune function trainable: one Ray Train run per Tune trial."""
     assert base is not None
     params = {k: v for k, v in config.items() if "." in k}
@@ -175,8 +201,13 @@ def run_trial_in_tune(config: dict[str, Any], base: dict[str, Any] | None = None
     # killed driver) and has started its results anew, so the run reports its past epochs again.
     restored = store.exists(store.join(runs, name))
     trainer = ray_train.make_trainer(
-        trial, storage_path=runs, name=name, max_failures=max_failures,
-        callbacks=[TuneReportCallback()], replay_history=restored)
+        trial,
+        storage_path=runs,
+        name=name,
+        max_failures=max_failures,
+        callbacks=[TuneReportCallback()],
+        replay_history=restored,
+    )
     trainer.fit()
 
 
@@ -196,8 +227,13 @@ def experiment_dir(storage: str, name: str) -> str:
 
 
 def trainable(spec: SpaceFile, storage: str, max_failures: int = 1) -> Any:
-    fn = tune.with_parameters(run_trial_in_tune, base=base_config(spec), storage=storage,
-                              experiment=spec.name, max_failures=max_failures)
+    fn = tune.with_parameters(
+        run_trial_in_tune,
+        base=base_config(spec),
+        storage=storage,
+        experiment=spec.name,
+        max_failures=max_failures,
+    )
     # The Tune trial only waits on its TorchTrainer: it holds no CPU (a token of memory, since
     # Ray needs some resource), so a trial's CPUs all go to its Train workers.
     return tune.with_resources(fn, {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
@@ -222,8 +258,9 @@ class Progress(tune.Callback):
     total, best final objectives, elapsed time and time left; failed trials with their reason.
     Counts come from Tune's trial list, so they hold after a resume too."""
 
-    def __init__(self, spec: SpaceFile, say: Callable[[str], None] = print,
-                 interval_s: float = 10.0) -> None:
+    def __init__(
+        self, spec: SpaceFile, say: Callable[[str], None] = print, interval_s: float = 10.0
+    ) -> None:
         self.spec = spec
         self.say = say
         self.interval_s = interval_s
@@ -241,8 +278,13 @@ class Progress(tune.Callback):
         if "emit" in state:  # its old name
             state["say"] = state.pop("emit")
         self.__dict__.update(state)
-        for name, value in (("interval_s", 10.0), ("last_line", -math.inf), ("shown", set()),
-                            ("latest", {}), ("epochs", 0)):
+        for name, value in (
+            ("interval_s", 10.0),
+            ("last_line", -math.inf),
+            ("shown", set()),
+            ("latest", {}),
+            ("epochs", 0),
+        ):
             self.__dict__.setdefault(name, value)
         if not self.epochs:
             self.epochs = int(base_config(self.spec)["train"]["epochs"])
@@ -269,20 +311,27 @@ class Progress(tune.Callback):
         full = [r["full_s"] for r in reports] + self.durations
         mean_full = sum(full) / len(full)
         running = [t for t in trials if t.status == "RUNNING"]
-        left = sum(self._left(self.latest[t.trial_id]) for t in running
-                   if t.trial_id in self.latest)
+        left = sum(
+            self._left(self.latest[t.trial_id]) for t in running if t.trial_id in self.latest
+        )
         ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
         waiting = max(self.spec.search.num_samples - ended - len(running), 0)
         return (left + waiting * mean_full) / max(1, len(running))
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
-                        result: dict[str, Any], **info: Any) -> None:
-        if not all(isinstance(result.get(k), (int, float))
-                   for k in ("epoch", "wall_time_s", "val_acc", "images_per_s")):
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if not all(
+            isinstance(result.get(k), (int, float))
+            for k in ("epoch", "wall_time_s", "val_acc", "images_per_s")
+        ):
             return
         now = time.monotonic()
-        report = {"epoch": float(result["epoch"]), "epochs": float(self._trial_epochs(result)),
-                  "wall_time_s": float(result["wall_time_s"])}
+        report = {
+            "epoch": float(result["epoch"]),
+            "epochs": float(self._trial_epochs(result)),
+            "wall_time_s": float(result["wall_time_s"]),
+        }
         since = now - self.started.get(trial.trial_id, now)  # start-up included
         report["full_s"] = max(since, report["wall_time_s"]) + self._left(report)
         self.latest[trial.trial_id] = report
@@ -292,10 +341,12 @@ class Progress(tune.Callback):
         self.shown.add(trial.trial_id)
         search = self._search_left(trials)
         search_text = f", search ~{_fmt_duration(search)} left" if math.isfinite(search) else ""
-        self.say(f"{_fmt_duration(now - self.start)} trial {trial.trial_id} epoch "
-                  f"{int(report['epoch'])}/{int(report['epochs'])} val_acc "
-                  f"{result['val_acc']:.4f} | {result['images_per_s']:.0f} img/s | trial "
-                  f"~{_fmt_duration(self._left(report))} left{search_text}")
+        self.say(
+            f"{_fmt_duration(now - self.start)} trial {trial.trial_id} epoch "
+            f"{int(report['epoch'])}/{int(report['epochs'])} val_acc "
+            f"{result['val_acc']:.4f} | {result['images_per_s']:.0f} img/s | trial "
+            f"~{_fmt_duration(self._left(report))} left{search_text}"
+        )
 
     def _status(self, trials: list[Any], ending: Any = None, failed_now: bool = False) -> None:
         # Tune calls on_trial_complete/on_trial_error before it updates the trial's status.
@@ -314,8 +365,10 @@ class Progress(tune.Callback):
             slots = max(1, running)
             eta = f", ~{_fmt_duration(per * (total - done - failed) / slots)} left"
         best = ", ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
-        self.say(f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
-                  f"{failed} failed of {total} | best final {best}{eta}")
+        self.say(
+            f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
+            f"{failed} failed of {total} | best final {best}{eta}"
+        )
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
@@ -336,8 +389,7 @@ class Progress(tune.Callback):
         if begun is not None:
             self.durations.append(time.monotonic() - begun)
 
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
-                          **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._update_best(trial.last_result or {})
         self._finish(trial)
         self._status(trials, trial)
@@ -370,8 +422,11 @@ def _error_text(trial: Any) -> str:
 
 def _last_error_line(text: str) -> str:
     """The root cause in an error text: its last line that is not part of a stack."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
-             and not ln.startswith(("Traceback", "  ", "The above exception"))]
+    lines = [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip() and not ln.startswith(("Traceback", "  ", "The above exception"))
+    ]
     line = lines[-1] if lines else ""
     return line if len(line) <= 500 else line[:497] + "..."
 
@@ -399,8 +454,7 @@ def save_spec(spec: SpaceFile, exp_dir: str, raw: dict[str, Any]) -> None:
     store.write_text(store.join(exp_dir, SPEC_COPY), text)
 
 
-def load_spec(exp_dir: str,
-              notes: list[str] | None = None) -> tuple[SpaceFile, dict[str, Any]]:
+def load_spec(exp_dir: str, notes: list[str] | None = None) -> tuple[SpaceFile, dict[str, Any]]:
     """The experiment's space file as saved at launch; its copy under ``sd_tune/`` when the
     first cannot be read (then a line saying so goes to ``notes``). :class:`SpecError` when
     neither can."""
@@ -413,28 +467,40 @@ def load_spec(exp_dir: str,
             problems.append(f"{name}: not there")
             continue
         except ConfigError as err:
-            problems.append(f"{name}: {len(err.problems)} invalid setting(s), the first: "
-                            f"{err.problems[0][0]}: {err.problems[0][1][:120]}")
+            problems.append(
+                f"{name}: {len(err.problems)} invalid setting(s), the first: "
+                f"{err.problems[0][0]}: {err.problems[0][1][:120]}"
+            )
             continue
         except (OSError, ValueError, KeyError, TypeError) as err:
             why = "not valid JSON" if isinstance(err, ValueError) else excerpt(str(err))
             problems.append(f"{name}: {why if not isinstance(err, KeyError) else 'incomplete'}")
             continue
         if problems and notes is not None:
-            notes.append(f"{SPEC_FILE} cannot be read ({problems[0].split(': ', 1)[1]}); used "
-                         f"its copy {SPEC_COPY}")
+            notes.append(
+                f"{SPEC_FILE} cannot be read ({problems[0].split(': ', 1)[1]}); used "
+                f"its copy {SPEC_COPY}"
+            )
         return spec, saved["raw"]
-    raise SpecError(f"the experiment's saved space file cannot be read ({'; '.join(problems)}): "
-                    f"it holds the experiment's settings and objectives, written at launch. "
-                    f"Put back {SPEC_FILE} from a backup of {exp_dir}, or launch the search "
-                    f"again under a new --name")
+    raise SpecError(
+        f"the experiment's saved space file cannot be read ({'; '.join(problems)}): "
+        f"it holds the experiment's settings and objectives, written at launch. "
+        f"Put back {SPEC_FILE} from a backup of {exp_dir}, or launch the search "
+        f"again under a new --name"
+    )
 
 
 # --------------------------------------------------------------------------- own records
 
 
-def _record(trial_id: str, params: dict[str, Any], base: dict[str, Any],
-            history: list[dict[str, Any]], tune_status: str, error: str | None) -> dict[str, Any]:
+def _record(
+    trial_id: str,
+    params: dict[str, Any],
+    base: dict[str, Any],
+    history: list[dict[str, Any]],
+    tune_status: str,
+    error: str | None,
+) -> dict[str, Any]:
     """A plain trial record (see ``sd_tune.report``), its status from Tune's and the epochs
     reached; ``logdir`` is added by the reader."""
     config = apply_overrides(base, params)
@@ -446,13 +512,23 @@ def _record(trial_id: str, params: dict[str, Any], base: dict[str, Any],
         status = "completed" if int(final.get("epoch", 0)) >= epochs else "stopped_early"
     else:
         status = "running" if tune_status == "RUNNING" else "pending"
-    flat = {f"{s}.{k}": v for s, sec in config.items()
-            if isinstance(sec, dict) for k, v in sec.items()}
-    return {"trial_id": trial_id, "status": status, "params": params, "config": flat,
-            "final": {k: v for k, v in final.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)},
-            "history": history, "error": error or None,
-            "worker_node_ids": _node_ids(final.get("worker_node_ids"))}
+    flat = {
+        f"{s}.{k}": v for s, sec in config.items() if isinstance(sec, dict) for k, v in sec.items()
+    }
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "params": params,
+        "config": flat,
+        "final": {
+            k: v
+            for k, v in final.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+        "history": history,
+        "error": error or None,
+        "worker_node_ids": _node_ids(final.get("worker_node_ids")),
+    }
 
 
 class TrialRecords(tune.Callback):
@@ -462,8 +538,7 @@ class TrialRecords(tune.Callback):
     loses nothing. A write that fails for lack of space sets :data:`STORAGE_FULL` (the search
     then stops)."""
 
-    def __init__(self, spec: SpaceFile, exp_dir: str,
-                 say: Callable[[str], None] = print) -> None:
+    def __init__(self, spec: SpaceFile, exp_dir: str, say: Callable[[str], None] = print) -> None:
         self.exp_dir = exp_dir
         self.base = base_config(spec)
         self.say = say
@@ -480,14 +555,14 @@ class TrialRecords(tune.Callback):
         if trials:
             self._copy_state(trials[0])
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any
+    ) -> None:
         rows = self.history.setdefault(trial.trial_id, {})
         row = {k: result[k] for k in _KEEP if k in result}
         rows[int(row.get("epoch", len(rows) + 1))] = row  # a replayed epoch replaces itself
 
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
-                          **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._write(trial, "TERMINATED", None)
         self._copy_state(trial)
 
@@ -506,8 +581,10 @@ class TrialRecords(tune.Callback):
         params = {k: v for k, v in (trial.config or {}).items() if "." in k}
         history = [row for _, row in sorted(self.history.get(trial.trial_id, {}).items())]
         record = _record(trial.trial_id, params, self.base, history, status, error)
-        self._put(store.join(self.exp_dir, RECORDS_DIR, f"{trial.trial_id}.json"),
-                  json.dumps(record, default=str).encode())
+        self._put(
+            store.join(self.exp_dir, RECORDS_DIR, f"{trial.trial_id}.json"),
+            json.dumps(record, default=str).encode(),
+        )
 
     def _copy_state(self, trial: Any) -> None:
         """Copy Tune's state from the driver's staging folder (Tune writes it there whole,
@@ -518,8 +595,10 @@ class TrialRecords(tune.Callback):
             files = _newest_state(sorted(os.listdir(staging)))
             if files is None:
                 return
-            stamp = (files["experiment_state"],
-                     os.stat(Path(staging, files["experiment_state"])).st_mtime_ns)
+            stamp = (
+                files["experiment_state"],
+                os.stat(Path(staging, files["experiment_state"])).st_mtime_ns,
+            )
         except (AttributeError, RuntimeError, OSError):
             return
         if stamp == self.copied:
@@ -540,8 +619,10 @@ class TrialRecords(tune.Callback):
                     self.tuner = tuner
         if self.tuner is not None:
             data[TUNER_PKL] = self.tuner
-        payload = {"saved": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "files": {n: base64.b64encode(c).decode() for n, c in data.items()}}
+        payload = {
+            "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "files": {n: base64.b64encode(c).decode() for n, c in data.items()},
+        }
         if self._put(store.join(self.exp_dir, STATE_COPY), json.dumps(payload).encode()):
             self.copied = stamp
 
@@ -578,7 +659,7 @@ def _newest_state(names: list[str]) -> dict[str, str] | None:
     states = sorted(fnmatch.filter(names, TUNE_STATE["experiment_state"]))
     if not states:
         return None
-    session = states[-1][len("experiment_state-"):-len(".json")]
+    session = states[-1][len("experiment_state-") : -len(".json")]
     return {kind: pattern.replace("*", session) for kind, pattern in TUNE_STATE.items()}
 
 
@@ -631,8 +712,12 @@ def _state_copy(exp_dir: str) -> tuple[str, dict[str, bytes]] | None:
         saved = str(payload["saved"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    kinds = {n: k for n in files for k, pat in [*TUNE_STATE.items(), ("tuner", TUNER_PKL)]
-             if fnmatch.fnmatch(n, pat)}
+    kinds = {
+        n: k
+        for n in files
+        for k, pat in [*TUNE_STATE.items(), ("tuner", TUNER_PKL)]
+        if fnmatch.fnmatch(n, pat)
+    }
     if sorted(kinds.values()) not in (sorted(TUNE_STATE), sorted([*TUNE_STATE, "tuner"])):
         return None
     if any(_state_problem(kinds[n], c) is not None for n, c in files.items()):
@@ -651,8 +736,9 @@ def check_state(exp_dir: str, finished: int = 0) -> str | None:
     """
     names = store.list_files(exp_dir)
     newest = _newest_state(names)
-    problem = "no experiment_state-*.json" if newest is None else \
-        _root_state_problem(exp_dir, newest)
+    problem = (
+        "no experiment_state-*.json" if newest is None else _root_state_problem(exp_dir, newest)
+    )
     if problem is None:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -661,8 +747,9 @@ def check_state(exp_dir: str, finished: int = 0) -> str | None:
         moved = []
         for name in files:
             if name in names:
-                store.move(store.join(exp_dir, name),
-                           store.join(exp_dir, f"{name}.set-aside-{stamp}"))
+                store.move(
+                    store.join(exp_dir, name), store.join(exp_dir, f"{name}.set-aside-{stamp}")
+                )
                 moved.append(name)
         return moved
 
@@ -671,17 +758,22 @@ def check_state(exp_dir: str, finished: int = 0) -> str | None:
         saved, files = copy
         copied = _newest_state(list(files))
         assert copied is not None
-        newer = [n for n in fnmatch.filter(names, TUNE_STATE["experiment_state"])
-                 if n >= copied["experiment_state"]]
+        newer = [
+            n
+            for n in fnmatch.filter(names, TUNE_STATE["experiment_state"])
+            if n >= copied["experiment_state"]
+        ]
         stale = [f for n in newer for f in (_newest_state([n]) or {}).values()]
         if TUNER_PKL in files:
             stale.append(TUNER_PKL)
         moved = set_aside(sorted(set(stale)))
         for name, content in files.items():
             store.write_bytes(store.join(exp_dir, name), content)
-        return (f"Tune's state could not be restored ({problem}); restored the copy sd-tune "
-                f"kept at {saved}" + (f" (the files it replaces are kept as "
-                                      f"<name>.set-aside-{stamp})" if moved else ""))
+        return (
+            f"Tune's state could not be restored ({problem}); restored the copy sd-tune "
+            f"kept at {saved}"
+            + (f" (the files it replaces are kept as <name>.set-aside-{stamp})" if moved else "")
+        )
     sessions = sorted(fnmatch.filter(names, TUNE_STATE["experiment_state"]), reverse=True)
     for name in sessions[1:]:
         files = _newest_state([name])
@@ -689,13 +781,16 @@ def check_state(exp_dir: str, finished: int = 0) -> str | None:
         if _root_state_problem(exp_dir, files) is None:
             stale = [f for n in sessions if n > name for f in (_newest_state([n]) or {}).values()]
             set_aside(sorted(set(stale)))
-            return (f"Tune's newest state could not be restored ({problem}); restored the "
-                    f"older {name} (the newer files are kept as <name>.set-aside-{stamp})")
+            return (
+                f"Tune's newest state could not be restored ({problem}); restored the "
+                f"older {name} (the newer files are kept as <name>.set-aside-{stamp})"
+            )
     raise StateError(
         f"cannot resume {exp_dir}: Tune's state could not be restored ({problem}), and no "
         f"whole copy of it is there; nothing was changed. The {finished} finished trial(s) "
         f"that sd-tune recorded are kept: `sd-tune report {exp_dir}` lists them. To run the "
-        f"rest, start a new experiment (sd-tune launch --name NEW)")
+        f"rest, start a new experiment (sd-tune launch --name NEW)"
+    )
 
 
 def disk_full_failures(exp_dir: str) -> list[str]:
@@ -706,8 +801,9 @@ def disk_full_failures(exp_dir: str) -> list[str]:
         if trial["status"] != "ERROR":
             continue
         try:
-            text = store.read_bytes(store.join(exp_dir, f"trial_{trial['trial_id']}",
-                                               "error.txt"), MAX_TRIAL_FILE_BYTES)
+            text = store.read_bytes(
+                store.join(exp_dir, f"trial_{trial['trial_id']}", "error.txt"), MAX_TRIAL_FILE_BYTES
+            )
         except (OSError, ValueError):
             continue
         if store.is_disk_full(OSError(text.decode(errors="replace"))):
@@ -719,8 +815,9 @@ def _state_trials(folder: str) -> tuple[list[dict[str, Any]], str | None]:
     """The trials Tune's newest readable state file lists, as ``{"trial_id", "status",
     "config"}``, read as plain JSON (the pickles in it are never decoded), and a note when
     the newest one cannot be read."""
-    names = sorted(fnmatch.filter(store.list_files(folder), TUNE_STATE["experiment_state"]),
-                   reverse=True)
+    names = sorted(
+        fnmatch.filter(store.list_files(folder), TUNE_STATE["experiment_state"]), reverse=True
+    )
     note = None
     for name in names:
         try:
@@ -733,13 +830,20 @@ def _state_trials(folder: str) -> tuple[list[dict[str, Any]], str | None]:
                 if not isinstance(trial_id, str) or not _TRIAL_ID.fullmatch(trial_id):
                     continue
                 config = data.get("config")
-                config = {k: v for k, v in config.items() if "." in k and _plain(v)} \
-                    if isinstance(config, dict) else {}
-                trials.append({"trial_id": trial_id, "status": str(data.get("status")),
-                               "config": config})
+                config = (
+                    {k: v for k, v in config.items() if "." in k and _plain(v)}
+                    if isinstance(config, dict)
+                    else {}
+                )
+                trials.append(
+                    {"trial_id": trial_id, "status": str(data.get("status")), "config": config}
+                )
         except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
-            why = "not valid JSON: cut short?" if isinstance(err, ValueError) else \
-                "not a Tune experiment state"
+            why = (
+                "not valid JSON: cut short?"
+                if isinstance(err, ValueError)
+                else "not a Tune experiment state"
+            )
             note = note or f"Tune's state {name} cannot be read ({why})"
             continue
         return trials, note
@@ -778,9 +882,14 @@ def _tune_settings() -> None:
 def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune.RunConfig:
     _tune_settings()
     loggers = [JsonLoggerCallback(), CSVLoggerCallback(), ScalarsOnlyTBX()]
-    return tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
-                          callbacks=[*loggers, *callbacks], stop=StopWhenStorageFull(),
-                          failure_config=tune.FailureConfig(max_failures=0))
+    return tune.RunConfig(
+        name=spec.name,
+        storage_path=storage,
+        verbose=0,
+        callbacks=[*loggers, *callbacks],
+        stop=StopWhenStorageFull(),
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
 
 
 class SearchFailed(Exception):
@@ -803,15 +912,23 @@ def _fit(tuner: tune.Tuner, exp_dir: str) -> None:
 
 def _full_message(exp_dir: str) -> str:
     root = store.parent(exp_dir)
-    return (f"the storage {root} is full ({store.free_space(root)}): the search stopped. "
-            f"Everything written before is kept (each finished trial's record is in "
-            f"{store.join(exp_dir, RECORDS_DIR)}); free some space, then continue with "
-            f"`sd-tune resume {exp_dir}`")
+    return (
+        f"the storage {root} is full ({store.free_space(root)}): the search stopped. "
+        f"Everything written before is kept (each finished trial's record is in "
+        f"{store.join(exp_dir, RECORDS_DIR)}); free some space, then continue with "
+        f"`sd-tune resume {exp_dir}`"
+    )
 
 
-def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
-               say: Callable[[str], None] = print, max_failures: int = 1,
-               slots: int | None = None) -> str:
+def run_search(
+    spec: SpaceFile,
+    raw: dict[str, Any],
+    storage: str,
+    *,
+    say: Callable[[str], None] = print,
+    max_failures: int = 1,
+    slots: int | None = None,
+) -> str:
     """Run the whole experiment (Ray must be initialised); return its location. ``slots``:
     the trials at once when the autoscaler is to add nodes (``sd_tune.autoscale.scale_plan``);
     by default they are counted on the nodes up now."""
@@ -822,23 +939,30 @@ def run_search(spec: SpaceFile, raw: dict[str, Any], storage: str, *,
         slots = concurrency(spec, cluster.node_resources())
     else:
         slots = min(slots, spec.search.num_samples)
-    say(f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
-         f"results in {exp_dir}")
+    say(
+        f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
+        f"results in {exp_dir}"
+    )
     tuner = tune.Tuner(
         trainable(spec, root, max_failures),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec), scheduler=make_scheduler(spec),
-            num_samples=spec.search.num_samples, max_concurrent_trials=max(slots, 1),
-            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune_run_config(spec, root, [Progress(spec, say),
-                                                TrialRecords(spec, exp_dir, say)]),
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=max(slots, 1),
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+        run_config=tune_run_config(
+            spec, root, [Progress(spec, say), TrialRecords(spec, exp_dir, say)]
+        ),
     )
     _fit(tuner, exp_dir)
     return exp_dir
 
 
-def resume_search(exp_dir: str, spec: SpaceFile, *, say: Callable[[str], None] = print,
-                  max_failures: int = 1) -> str:
+def resume_search(
+    exp_dir: str, spec: SpaceFile, *, say: Callable[[str], None] = print, max_failures: int = 1
+) -> str:
     """Continue the interrupted experiment at ``exp_dir`` (an absolute path or a URI), whose
     saved space is ``spec`` (``load_spec``) and whose state ``check_state`` has checked:
     finished trials stay, unfinished ones continue from their checkpoints, the searcher keeps
@@ -851,9 +975,13 @@ def resume_search(exp_dir: str, spec: SpaceFile, *, say: Callable[[str], None] =
     if full:
         say(f"{len(full)} trial(s) failed on the full storage; they run again")
     _tune_settings()  # the restored run config brings the loggers and callbacks, not these
-    tuner = tune.Tuner.restore(exp_dir, trainable=trainable(spec, root, max_failures),
-                               resume_unfinished=True, resume_errored=bool(full),
-                               restart_errored=False)
+    tuner = tune.Tuner.restore(
+        exp_dir,
+        trainable=trainable(spec, root, max_failures),
+        resume_unfinished=True,
+        resume_errored=bool(full),
+        restart_errored=False,
+    )
     _fit(tuner, exp_dir)  # Tune restores the run config, callbacks (Progress) included
     return exp_dir
 
@@ -880,12 +1008,13 @@ def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]
     """sd-tune's records of finished trials in an experiment folder, and the unreadable ones."""
     out, unreadable = {}, []
     for name in store.list_files(store.join(folder, RECORDS_DIR)):
-        trial_id = name[:-len(".json")] if name.endswith(".json") else ""
+        trial_id = name[: -len(".json")] if name.endswith(".json") else ""
         if not _TRIAL_ID.fullmatch(trial_id):
             continue
         try:
-            record = json.loads(store.read_bytes(store.join(folder, RECORDS_DIR, name),
-                                                 MAX_TRIAL_FILE_BYTES))
+            record = json.loads(
+                store.read_bytes(store.join(folder, RECORDS_DIR, name), MAX_TRIAL_FILE_BYTES)
+            )
             if not isinstance(record, dict) or record.get("trial_id") != trial_id:
                 raise ValueError("not a trial record")
         except (OSError, ValueError) as err:
@@ -902,8 +1031,11 @@ def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str
     finished, unreadable = finished_records(folder)
     tune_trials, note = _state_trials(folder)
     listed = {t["trial_id"]: t for t in tune_trials}
-    on_disk = sorted(p.name[len("trial_"):] for p in Path(folder).glob("trial_*")
-                     if p.is_dir() and _TRIAL_ID.fullmatch(p.name[len("trial_"):]))
+    on_disk = sorted(
+        p.name[len("trial_") :]
+        for p in Path(folder).glob("trial_*")
+        if p.is_dir() and _TRIAL_ID.fullmatch(p.name[len("trial_") :])
+    )
     ids = list(dict.fromkeys([*listed, *sorted(finished), *on_disk]))
     if note and (not finished or set(on_disk) - set(finished)):
         unreadable.append(note)  # the status of trials without a record is a guess
@@ -926,16 +1058,25 @@ def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str
             record = _record(trial_id, params, base, history, status, error)
             if not trial_dir.is_dir() and status in ("TERMINATED", "ERROR"):
                 record["status"] = "missing"
-                record["error"] = (f"its folder trial_{trial_id} is gone (deleted?) and sd-tune "
-                                   "has no record of it: its results are lost")
-            elif (tune is None and listed and record["status"] == "running"
-                  and _older_than_state(trial_dir, folder)):
+                record["error"] = (
+                    f"its folder trial_{trial_id} is gone (deleted?) and sd-tune "
+                    "has no record of it: its results are lost"
+                )
+            elif (
+                tune is None
+                and listed
+                and record["status"] == "running"
+                and _older_than_state(trial_dir, folder)
+            ):
                 record["status"] = "abandoned"
-                record["error"] = ("Tune's state does not list it (the state was restored from "
-                                   "an earlier copy), so the search will not continue it; the "
-                                   "epochs it reported are kept here")
-        record["logdir"] = (store.join(location, trial_dir.name) if location != folder
-                            else str(trial_dir))
+                record["error"] = (
+                    "Tune's state does not list it (the state was restored from "
+                    "an earlier copy), so the search will not continue it; the "
+                    "epochs it reported are kept here"
+                )
+        record["logdir"] = (
+            store.join(location, trial_dir.name) if location != folder else str(trial_dir)
+        )
         records.append(record)
     return records, unreadable
 
@@ -955,8 +1096,11 @@ def _params_json(trial_dir: Path) -> dict[str, Any]:
         params = json.loads(_read_local(trial_dir / "params.json"))
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in params.items() if "." in k and _plain(v)} \
-        if isinstance(params, dict) else {}
+    return (
+        {k: v for k, v in params.items() if "." in k and _plain(v)}
+        if isinstance(params, dict)
+        else {}
+    )
 
 
 def _error_txt(trial_dir: Path) -> str | None:
@@ -998,6 +1142,10 @@ def _history(trial_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
             bad.append(number)
             continue
         out.append({k: row[k] for k in _KEEP if k in row})
-    problem = (f"{trial_dir.name}/result.json: line {bad[0]} is not valid JSON (cut short?); "
-               f"{len(out)} epoch report(s) read" if bad else None)
+    problem = (
+        f"{trial_dir.name}/result.json: line {bad[0]} is not valid JSON (cut short?); "
+        f"{len(out)} epoch report(s) read"
+        if bad
+        else None
+    )
     return out, problem

@@ -130,8 +130,12 @@ def _draw_keep_count(unit: Any, batch: int) -> int:
     return k
 
 
-def mask_scale(batch: int, keep_prob: float | Tensor, scale_by_keep: bool,
-               device: torch.device | str | None = None) -> Tensor:
+def mask_scale(
+    batch: int,
+    keep_prob: float | Tensor,
+    scale_by_keep: bool,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """One Bernoulli(``keep_prob``) factor per row: 1 (or ``1 / keep_prob`` with
     ``scale_by_keep``) for a kept row, 0 for a dropped one; float32, shape ``(batch,)``.
 
@@ -195,8 +199,9 @@ def region(fn: Callable[..., Any], key: str) -> Callable[..., Any]:
     copy = _REGIONS.get((fn, key))
     if copy is None:
         code = fn.__code__.replace(co_name=f"{fn.__name__}_{key}")
-        copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__,
-                                  fn.__closure__)
+        copy = types.FunctionType(
+            code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__
+        )
         _REGIONS[(fn, key)] = copy
     return copy
 
@@ -247,8 +252,14 @@ _enter_region = torch.compiler.disable(_host_forward, recursive=False)
 class _Unit:
     """What :func:`_host_forward` reads, for the functional form."""
 
-    def __init__(self, branch: Callable[[Tensor], Tensor], identity: Tensor, p: float,
-                 stochastic_method: str, scale_by_keep: bool) -> None:
+    def __init__(
+        self,
+        branch: Callable[[Tensor], Tensor],
+        identity: Tensor,
+        p: float,
+        stochastic_method: str,
+        scale_by_keep: bool,
+    ) -> None:
         self.branch_forward, self._identity = branch, identity
         self.drop_rate = float(p)
         self.stochastic_method, self.scale_by_keep = stochastic_method, scale_by_keep
@@ -301,8 +312,9 @@ def stochastic_residual(
     if not training:
         return residual_relu(branch(x), identity, 1.0 if scale_by_keep else 1.0 - drop_rate)
     if stochastic_method == "sample" and sample_impl == "mask":
-        return residual_relu(branch(x), identity,
-                             mask_scale(x.shape[0], 1.0 - drop_rate, scale_by_keep, x.device))
+        return residual_relu(
+            branch(x), identity, mask_scale(x.shape[0], 1.0 - drop_rate, scale_by_keep, x.device)
+        )
     unit = _Unit(branch, identity, float(drop_rate), stochastic_method, scale_by_keep)
     return _host_forward(unit, x)
 
@@ -325,8 +337,14 @@ class StochasticResidualBase(nn.Module):
     def shortcut_forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _setup_drop(self, drop_rate: float, stochastic_method: str, scale_by_keep: bool,
-                    sample_impl: str, key: str) -> None:
+    def _setup_drop(
+        self,
+        drop_rate: float,
+        stochastic_method: str,
+        scale_by_keep: bool,
+        sample_impl: str,
+        key: str,
+    ) -> None:
         self.stochastic_method = stochastic_method
         self.scale_by_keep = scale_by_keep
         self.sample_impl = sample_impl
@@ -334,8 +352,7 @@ class StochasticResidualBase(nn.Module):
         device = next((t.device for t in self.parameters()), None)
         # A plain tensor attribute, not a buffer: state_dict and named_buffers stay the plain
         # model's; _apply below moves it with the module.
-        self.drop_rate_tensor = torch.tensor(float(drop_rate), dtype=torch.float32,
-                                             device=device)
+        self.drop_rate_tensor = torch.tensor(float(drop_rate), dtype=torch.float32, device=device)
         self._drop_rate = float(drop_rate)
 
     @property
@@ -373,8 +390,9 @@ class StochasticResidualBase(nn.Module):
         rate = _current_rate(self)
         if not self.training:
             return residual_relu(out, identity, 1.0 if self.scale_by_keep else 1.0 - rate)
-        return residual_relu(out, identity,
-                             mask_scale(x.shape[0], 1.0 - rate, self.scale_by_keep, x.device))
+        return residual_relu(
+            out, identity, mask_scale(x.shape[0], 1.0 - rate, self.scale_by_keep, x.device)
+        )
 
 
 class StochasticResidual(StochasticResidualBase):
@@ -401,13 +419,18 @@ class StochasticResidual(StochasticResidualBase):
         scale_by_keep: bool = False,
         sample_impl: str = "mask",
     ) -> None:
-        check_args(stochastic_method=stochastic_method, drop_rate=drop_rate,
-                   scale_by_keep=scale_by_keep, sample_impl=sample_impl)
+        check_args(
+            stochastic_method=stochastic_method,
+            drop_rate=drop_rate,
+            scale_by_keep=scale_by_keep,
+            sample_impl=sample_impl,
+        )
         super().__init__()
         self.branch = branch
         self.shortcut = shortcut
-        self._setup_drop(drop_rate, stochastic_method, scale_by_keep, sample_impl,
-                         region_key(branch, shortcut))
+        self._setup_drop(
+            drop_rate, stochastic_method, scale_by_keep, sample_impl, region_key(branch, shortcut)
+        )
 
     def branch_forward(self, x: Tensor) -> Tensor:
         return self.branch(x)
@@ -416,5 +439,7 @@ class StochasticResidual(StochasticResidualBase):
         return x if self.shortcut is None else self.shortcut(x)
 
     def extra_repr(self) -> str:
-        return (f"drop_rate={self.drop_rate:g}, stochastic_method={self.stochastic_method!r}, "
-                f"scale_by_keep={self.scale_by_keep}, sample_impl={self.sample_impl!r}")
+        return (
+            f"drop_rate={self.drop_rate:g}, stochastic_method={self.stochastic_method!r}, "
+            f"scale_by_keep={self.scale_by_keep}, sample_impl={self.sample_impl!r}"
+        )

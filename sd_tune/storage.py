@@ -193,8 +193,11 @@ def list_files(location: str) -> list[str]:
     """
     fs, path = _fs(location)
     selector = pyarrow.fs.FileSelector(path, allow_not_found=True, recursive=False)
-    return sorted(info.base_name for info in fs.get_file_info(selector)
-                  if info.type == pyarrow.fs.FileType.File)
+    return sorted(
+        info.base_name
+        for info in fs.get_file_info(selector)
+        if info.type == pyarrow.fs.FileType.File
+    )
 
 
 def move(source: str, target: str) -> None:
@@ -235,8 +238,9 @@ def upload(local: str | Path, location: str) -> None:
     fs, path = _fs(location)
     local = Path(local).resolve()
     _make_folder(fs, path if local.is_dir() else path.rstrip("/").rsplit("/", 1)[0])
-    pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                          destination_filesystem=fs)
+    pyarrow.fs.copy_files(
+        str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs
+    )
 
 
 def download(location: str, local: str | Path, skip: Iterable[str] = ()) -> list[str]:
@@ -352,7 +356,7 @@ def probe_writable(location: str, what: str = "--storage") -> str | None:
         if isinstance(err, OSError) and err.errno in (errno.ENOTDIR, errno.EEXIST):
             why = "a file is in the way (it must be a folder)"
         else:
-            why = (err.strerror if isinstance(err, OSError) and err.strerror else str(err))
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         why = " ".join(why.split())
         if len(why) > 200:
             why = why[:197] + "..."
@@ -419,8 +423,10 @@ def _read_lock(location: str) -> dict[str, Any] | None:
 def _describe(info: dict[str, Any]) -> str:
     if not info:
         return "another sd-tune process (its lock file cannot be read)"
-    return (f"{str(info.get('command', 'sd-tune'))[:60]} (pid {info.get('pid')} on "
-            f"{str(info.get('host'))[:60]}, since {str(info.get('since'))[:30]})")
+    return (
+        f"{str(info.get('command', 'sd-tune'))[:60]} (pid {info.get('pid')} on "
+        f"{str(info.get('host'))[:60]}, since {str(info.get('since'))[:30]})"
+    )
 
 
 def _create(location: str, data: bytes) -> bool:
@@ -467,9 +473,15 @@ def locked(folder: str, command: str) -> Iterator[str]:
     lock = join(folder, LOCK_FILE)
     made = not is_uri(folder) and not Path(root(folder)).exists()
     token = secrets.token_hex(8)
-    info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-            "boot_id": _boot_id(), "start_ticks": _start_ticks(os.getpid()),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": token}
+    info = {
+        "command": command,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "start_ticks": _start_ticks(os.getpid()),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "token": token,
+    }
     data = json.dumps(info).encode()
     for _ in range(3):
         if _create(lock, data):
@@ -478,11 +490,15 @@ def locked(folder: str, command: str) -> Iterator[str]:
         if holder is None:
             continue  # released in between: try again
         if holder and _alive(holder) is not False:
-            raise LockHeld(f"is in use by {_describe(holder)}; wait for it to end, or, if that "
-                           f"process is gone, delete {lock}")
+            raise LockHeld(
+                f"is in use by {_describe(holder)}; wait for it to end, or, if that "
+                f"process is gone, delete {lock}"
+            )
         if not holder and not _old(lock):
-            raise LockHeld(f"is in use by {_describe(holder)}; wait for it to end, or, if no "
-                           f"sd-tune works there, delete {lock}")
+            raise LockHeld(
+                f"is in use by {_describe(holder)}; wait for it to end, or, if no "
+                f"sd-tune works there, delete {lock}"
+            )
         _break(lock, holder)
     else:
         raise LockHeld(f"is being locked and unlocked by other processes; try again ({lock})")

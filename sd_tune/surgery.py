@@ -86,9 +86,11 @@ class StochasticBlock(StochasticResidualBase):
         return _KINDS[self.block_kind][1](self, x)
 
     def extra_repr(self) -> str:
-        return (f"{self.block_class.__name__}, drop_rate={self.drop_rate:.4g}, "
-                f"stochastic_method={self.stochastic_method!r}, "
-                f"scale_by_keep={self.scale_by_keep}, sample_impl={self.sample_impl!r}")
+        return (
+            f"{self.block_class.__name__}, drop_rate={self.drop_rate:.4g}, "
+            f"stochastic_method={self.stochastic_method!r}, "
+            f"scale_by_keep={self.scale_by_keep}, sample_impl={self.sample_impl!r}"
+        )
 
     def _get_name(self) -> str:
         return f"Stochastic{self.block_class.__name__}"
@@ -172,9 +174,14 @@ def apply_stochastic_depth(
     >>> [round(b.drop_rate, 4) for b in stochastic_blocks(model)][:2]
     [0.0063, 0.0125]
     """
-    check_args(stochastic_method=stochastic_method, drop_rate=drop_rate,
-               drop_distribution=drop_distribution, drop_warmup=drop_warmup,
-               scale_by_keep=scale_by_keep, sample_impl=sample_impl)
+    check_args(
+        stochastic_method=stochastic_method,
+        drop_rate=drop_rate,
+        drop_distribution=drop_distribution,
+        drop_warmup=drop_warmup,
+        scale_by_keep=scale_by_keep,
+        sample_impl=sample_impl,
+    )
     target = _check_target(target_layer_name)
     if not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be a torch.nn.Module, but got {type(model).__name__}")
@@ -206,8 +213,13 @@ def apply_stochastic_depth(
         block.block_class = type(plain)
         block.block_kind = _block_kind(plain)
         block.target_drop_rate = rate
-        block._setup_drop(rate if drop_warmup == 0 else 0.0, stochastic_method, scale_by_keep,
-                          sample_impl, region_key(plain))
+        block._setup_drop(
+            rate if drop_warmup == 0 else 0.0,
+            stochastic_method,
+            scale_by_keep,
+            sample_impl,
+            region_key(plain),
+        )
         _replace(model, name, block)
     return model
 
@@ -240,8 +252,9 @@ def set_drop_rates(model: nn.Module, drop_rate: float, drop_distribution: str = 
     blocks = stochastic_blocks(model)
     if not blocks:
         raise ValueError("`model` has no stochastic blocks; call `apply_stochastic_depth` first")
-    for block, rate in zip(blocks, drop_rates(len(blocks), drop_rate, drop_distribution),
-                           strict=True):
+    for block, rate in zip(
+        blocks, drop_rates(len(blocks), drop_rate, drop_distribution), strict=True
+    ):
         block.target_drop_rate = block.drop_rate = rate
 
 
@@ -278,9 +291,14 @@ class StochasticDepth:
         scale_by_keep: bool = False,
         sample_impl: str = "mask",
     ) -> None:
-        check_args(stochastic_method=stochastic_method, drop_rate=drop_rate,
-                   drop_distribution=drop_distribution, drop_warmup=drop_warmup,
-                   scale_by_keep=scale_by_keep, sample_impl=sample_impl)
+        check_args(
+            stochastic_method=stochastic_method,
+            drop_rate=drop_rate,
+            drop_distribution=drop_distribution,
+            drop_warmup=drop_warmup,
+            scale_by_keep=scale_by_keep,
+            sample_impl=sample_impl,
+        )
         _check_target(target_layer_name)
         self.target_layer_name = target_layer_name
         self.stochastic_method = stochastic_method
@@ -301,9 +319,14 @@ class StochasticDepth:
     def apply(self, model: nn.Module) -> nn.Module:
         """Do the surgery on ``model`` (in place) and remember it for ``set_progress``."""
         apply_stochastic_depth(
-            model, self.target_layer_name, self.stochastic_method, self.drop_rate,
-            self.drop_distribution, drop_warmup=self.drop_warmup,
-            scale_by_keep=self.scale_by_keep, sample_impl=self.sample_impl,
+            model,
+            self.target_layer_name,
+            self.stochastic_method,
+            self.drop_rate,
+            self.drop_distribution,
+            drop_warmup=self.drop_warmup,
+            scale_by_keep=self.scale_by_keep,
+            sample_impl=self.sample_impl,
         )
         self.model = model
         self._blocks = stochastic_blocks(model)
@@ -322,13 +345,21 @@ class StochasticDepth:
             self._at_full = full
 
     def __repr__(self) -> str:
-        return (f"StochasticDepth(target_layer_name={self.target_layer_name!r}, "
-                f"stochastic_method={self.stochastic_method!r}, drop_rate={self.drop_rate!r}, "
-                f"drop_distribution={self.drop_distribution!r}, drop_warmup={self.drop_warmup!r}, "
-                f"scale_by_keep={self.scale_by_keep!r}, sample_impl={self.sample_impl!r})")
+        return (
+            f"StochasticDepth(target_layer_name={self.target_layer_name!r}, "
+            f"stochastic_method={self.stochastic_method!r}, drop_rate={self.drop_rate!r}, "
+            f"drop_distribution={self.drop_distribution!r}, drop_warmup={self.drop_warmup!r}, "
+            f"scale_by_keep={self.scale_by_keep!r}, sample_impl={self.sample_impl!r})"
+        )
 
 
 __all__ = [
-    "TARGET_LAYER_NAMES", "StochasticBlock", "StochasticDepth", "apply_stochastic_depth",
-    "expected_depth", "set_drop_progress", "set_drop_rates", "stochastic_blocks",
+    "TARGET_LAYER_NAMES",
+    "StochasticBlock",
+    "StochasticDepth",
+    "apply_stochastic_depth",
+    "expected_depth",
+    "set_drop_progress",
+    "set_drop_rates",
+    "stochastic_blocks",
 ]

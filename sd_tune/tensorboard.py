@@ -93,8 +93,9 @@ AXIS_LABELS = {
 
 
 def _goal(objectives: Sequence[Objective]) -> str:
-    return ", ".join(f"{'maximise' if o.mode == 'max' else 'minimise'} {o.metric}"
-                     for o in objectives)
+    return ", ".join(
+        f"{'maximise' if o.mode == 'max' else 'minimise'} {o.metric}" for o in objectives
+    )
 
 
 def _new_figure(width: float) -> tuple[Figure, Axes]:
@@ -125,12 +126,30 @@ def _overlap(box: Any, other: Any) -> float:
 
 
 # Where a label may go, in points from its point: beside it first, then above and below.
-_LABEL_OFFSETS = ((9, 0), (-9, 0), (9, 11), (9, -11), (-9, 11), (-9, -11), (9, 22), (9, -22),
-                  (-9, 22), (-9, -22), (9, 33), (9, -33), (-9, 33), (-9, -33))
+_LABEL_OFFSETS = (
+    (9, 0),
+    (-9, 0),
+    (9, 11),
+    (9, -11),
+    (-9, 11),
+    (-9, -11),
+    (9, 22),
+    (9, -22),
+    (-9, 22),
+    (-9, -22),
+    (9, 33),
+    (9, -33),
+    (-9, 33),
+    (-9, -33),
+)
 
 
-def _label_points(ax: Axes, points: Sequence[tuple[float, float]], labels: Sequence[str],
-                  avoid: Sequence[tuple[float, float]] = ()) -> None:
+def _label_points(
+    ax: Axes,
+    points: Sequence[tuple[float, float]],
+    labels: Sequence[str],
+    avoid: Sequence[tuple[float, float]] = (),
+) -> None:
     """Write each label next to its point, at the first of :data:`_LABEL_OFFSETS` where it
     covers no label placed before it, no point of ``points`` or ``avoid`` and nothing outside
     the axes (else where it covers least); a label away from its point gets a line to it.
@@ -146,12 +165,22 @@ def _label_points(ax: Axes, points: Sequence[tuple[float, float]], labels: Seque
     for point, label in zip(points, labels):
         best: tuple[float, tuple[int, int], Any] | None = None
         for dx, dy in _LABEL_OFFSETS:
-            text = ax.annotate(label, point, xytext=(dx, dy), textcoords="offset points",
-                               fontsize=7, ha="left" if dx > 0 else "right", va="center")
+            text = ax.annotate(
+                label,
+                point,
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=7,
+                ha="left" if dx > 0 else "right",
+                va="center",
+            )
             box = text.get_window_extent(renderer)
             text.remove()
-            covered = (sum(_overlap(box, other) for other in taken)
-                       + box.width * box.height - _overlap(box, area))
+            covered = (
+                sum(_overlap(box, other) for other in taken)
+                + box.width * box.height
+                - _overlap(box, area)
+            )
             if best is None or covered < best[0]:
                 best = (covered, (dx, dy), box)
             if covered == 0:
@@ -159,16 +188,26 @@ def _label_points(ax: Axes, points: Sequence[tuple[float, float]], labels: Seque
         assert best is not None
         (dx, dy), box = best[1], best[2]
         line = dict(arrowstyle="-", color="0.5", linewidth=0.6, shrinkA=0, shrinkB=6)
-        ax.annotate(label, point, xytext=(dx, dy), textcoords="offset points", fontsize=7,
-                    ha="left" if dx > 0 else "right", va="center",
-                    arrowprops=line if dy else None,
-                    bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none",
-                              alpha=0.8))
+        ax.annotate(
+            label,
+            point,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=7,
+            ha="left" if dx > 0 else "right",
+            va="center",
+            arrowprops=line if dy else None,
+            bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8),
+        )
         taken.append(box)
 
 
-def pareto_figure(records: Sequence[Record], objectives: Sequence[Objective],
-                  front: Sequence[Record], tta: Sequence[Mapping[str, Any]]) -> Figure:
+def pareto_figure(
+    records: Sequence[Record],
+    objectives: Sequence[Objective],
+    front: Sequence[Record],
+    tta: Sequence[Mapping[str, Any]],
+) -> Figure:
     """The first objective against the second (or ``train_time_s``): every trial by status,
     the Pareto front ringed, joined and labelled with its trial ids (no two labels on top of
     each other), and the best ``val_acc`` reachable within each training time (dotted). The
@@ -196,10 +235,12 @@ def pareto_figure(records: Sequence[Record], objectives: Sequence[Objective],
         return None if x is None or y is None else (x, y)
 
     fig, ax = _new_figure(9)
-    styles = {"completed": dict(marker="o", color="C0"),
-              "stopped_early": dict(marker="^", facecolors="none", edgecolors="C1"),
-              "failed": dict(marker="x", color="C3"),
-              "other": dict(marker=".", color="0.6")}
+    styles = {
+        "completed": dict(marker="o", color="C0"),
+        "stopped_early": dict(marker="^", facecolors="none", edgecolors="C1"),
+        "failed": dict(marker="x", color="C3"),
+        "other": dict(marker=".", color="0.6"),
+    }
     groups: dict[str, list[tuple[float, float]]] = {k: [] for k in styles}
     for rec in records:
         point = xy(rec)
@@ -213,17 +254,36 @@ def pareto_figure(records: Sequence[Record], objectives: Sequence[Objective],
     labelled = [(p, format_value(r["trial_id"], 10)) for r in front if (p := xy(r)) is not None]
     fpoints = sorted(p for p, _ in labelled)
     if fpoints:
-        ax.scatter(*zip(*fpoints), s=140, facecolors="none", edgecolors="k", linewidths=1.2,
-                   label=f"Pareto front ({len(fpoints)})")
+        ax.scatter(
+            *zip(*fpoints),
+            s=140,
+            facecolors="none",
+            edgecolors="k",
+            linewidths=1.2,
+            label=f"Pareto front ({len(fpoints)})",
+        )
         if len(objectives) == 2:
-            ax.step(*zip(*fpoints), where="post" if x_mode == "min" else "pre", color="k",
-                    linewidth=1.2)
+            ax.step(
+                *zip(*fpoints), where="post" if x_mode == "min" else "pre", color="k", linewidth=1.2
+            )
     if tta and x_metric == "train_time_s" and y_obj.metric == "val_acc":
-        ax.step([p["time_s"] for p in tta], [p["val_acc"] for p in tta], where="post",
-                linestyle=":", color="C2", label="best val_acc within budget (any epoch)")
+        ax.step(
+            [p["time_s"] for p in tta],
+            [p["val_acc"] for p in tta],
+            where="post",
+            linestyle=":",
+            color="C2",
+            label="best val_acc within budget (any epoch)",
+        )
     if not any(groups.values()):
-        ax.text(0.5, 0.5, f"no trial has both {y_obj.metric} and {x_metric}",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"no trial has both {y_obj.metric} and {x_metric}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel(AXIS_LABELS.get(x_metric, x_metric))
     ax.set_ylabel(AXIS_LABELS.get(y_obj.metric, y_obj.metric))
     ax.set_title(f"Pareto front: {_goal(objectives)}")
@@ -265,11 +325,15 @@ def drop_rate_figure(records: Sequence[Record], objective: Objective) -> Figure:
         rate = number(record_setting(rec, DROP_RATE))
         value = number(record_final(rec).get(objective.metric))
         if status in ("completed", "stopped_early") and rate is not None and value is not None:
-            kind = ", ".join(format_value(v) for v in (record_setting(rec, DISTRIBUTION),
-                                                       _method(rec)) if v is not None)
+            kind = ", ".join(
+                format_value(v)
+                for v in (record_setting(rec, DISTRIBUTION), _method(rec))
+                if v is not None
+            )
             points.append((rate, value, record_setting(rec, DEPTH), kind or "-", status))
-    depths = sorted({p[2] for p in points}, key=lambda d: (number(d) is None, number(d) or 0,
-                                                           str(d)))
+    depths = sorted(
+        {p[2] for p in points}, key=lambda d: (number(d) is None, number(d) or 0, str(d))
+    )
     kinds = sorted({p[3] for p in points})
     colours = {d: f"C{i % 10}" for i, d in enumerate(depths)}
     markers = {k: "os^Dv<>PX*"[i % 10] for i, k in enumerate(kinds)}
@@ -282,25 +346,57 @@ def drop_rate_figure(records: Sequence[Record], objective: Objective) -> Figure:
                 if not xy:
                     continue
                 face = colours[depth] if status == "completed" else "none"
-                ax.scatter(*zip(*xy), s=48, marker=markers[kind], facecolors=face,
-                           edgecolors=colours[depth], linewidths=1.2)
-    handles = [Line2D([], [], linestyle="", marker="o", color=colours[d],
-                      label=f"depth {format_value(d)}") for d in depths]
-    handles += [Line2D([], [], linestyle="", marker=markers[k], color="0.4", label=k)
-                for k in kinds]
+                ax.scatter(
+                    *zip(*xy),
+                    s=48,
+                    marker=markers[kind],
+                    facecolors=face,
+                    edgecolors=colours[depth],
+                    linewidths=1.2,
+                )
+    handles = [
+        Line2D([], [], linestyle="", marker="o", color=colours[d], label=f"depth {format_value(d)}")
+        for d in depths
+    ]
+    handles += [
+        Line2D([], [], linestyle="", marker=markers[k], color="0.4", label=k) for k in kinds
+    ]
     if any(p[4] == "stopped_early" for p in points):
-        handles.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="none",
-                              color="0.4", label="hollow: stopped early"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="",
+                marker="o",
+                markerfacecolor="none",
+                color="0.4",
+                label="hollow: stopped early",
+            )
+        )
     if handles:
-        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
-                  title="depth; distribution, method", title_fontsize=8)
+        ax.legend(
+            handles=handles,
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+            title="depth; distribution, method",
+            title_fontsize=8,
+        )
     else:
-        ax.text(0.5, 0.5, f"no completed trial has both {objective.metric} and a drop rate",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"no completed trial has both {objective.metric} and a drop rate",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel(AXIS_LABELS[DROP_RATE])
     ax.set_ylabel(AXIS_LABELS.get(objective.metric, objective.metric))
-    ax.set_title(f"{objective.metric} by drop rate and depth "
-                 f"({'maximise' if objective.mode == 'max' else 'minimise'} {objective.metric})")
+    ax.set_title(
+        f"{objective.metric} by drop rate and depth "
+        f"({'maximise' if objective.mode == 'max' else 'minimise'} {objective.metric})"
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -330,8 +426,13 @@ def _hparam_values(records: Sequence[Record]) -> tuple[dict[str, str], list[dict
     missing or non-finite values are left out of that trial. ``status`` is added as a string
     hparam so that the dashboard can filter stopped-early and failed trials.
     """
-    raw = [{**{k: v for k, v in record_params(r).items() if k != "status"},
-            "status": str(r.get("status", "unknown"))} for r in records]
+    raw = [
+        {
+            **{k: v for k, v in record_params(r).items() if k != "status"},
+            "status": str(r.get("status", "unknown")),
+        }
+        for r in records
+    ]
     kinds: dict[str, set[str]] = {}
     for values in raw:
         for k, v in values.items():
@@ -340,8 +441,13 @@ def _hparam_values(records: Sequence[Record]) -> tuple[dict[str, str], list[dict
                 values[k] = v
             if v is None or (isinstance(v, float) and not math.isfinite(v)):
                 continue
-            kind = ("bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float))
-                    else "string")
+            kind = (
+                "bool"
+                if isinstance(v, bool)
+                else "number"
+                if isinstance(v, (int, float))
+                else "string"
+            )
             kinds.setdefault(k, set()).add(kind)
     types = {k: next(iter(s)) if len(s) == 1 else "string" for k, s in kinds.items()}
     out = []
@@ -364,17 +470,22 @@ def _domain(kind: str, values: list[Any]) -> hp.Domain:
             return hp.Discrete(values)
         return hp.RealInterval(float(values[0]), float(values[-1]))
     # Past MAX_DISCRETE values, an empty Discrete gives the type and no domain.
-    return hp.Discrete(values if len(values) <= MAX_DISCRETE else [],
-                       dtype=bool if kind == "bool" else str)
+    return hp.Discrete(
+        values if len(values) <= MAX_DISCRETE else [], dtype=bool if kind == "bool" else str
+    )
 
 
 def _session_end_pb(status: int, end_time_secs: float) -> summary_pb2.Summary:
     """What ``tensorboard.plugins.hparams.summary.session_end_pb`` makes, without TensorFlow."""
-    data = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(
-        status=status, end_time_secs=end_time_secs))
+    data = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=end_time_secs)
+    )
     summary = summary_pb2.Summary()
-    summary.value.add(tag=hp_metadata.SESSION_END_INFO_TAG, tensor=hp_metadata.NULL_TENSOR,
-                      metadata=hp_metadata.create_summary_metadata(data))
+    summary.value.add(
+        tag=hp_metadata.SESSION_END_INFO_TAG,
+        tensor=hp_metadata.NULL_TENSOR,
+        metadata=hp_metadata.create_summary_metadata(data),
+    )
     return summary
 
 
@@ -387,32 +498,50 @@ def _scalar(tag: str, value: float) -> summary_pb2.Summary:
 
 def _image(tag: str, data: bytes) -> summary_pb2.Summary:
     width, height = struct.unpack(">II", data[16:24])  # from the PNG's IHDR chunk
-    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=4,
-                                      encoded_image_string=data)
+    image = summary_pb2.Summary.Image(
+        height=height, width=width, colorspace=4, encoded_image_string=data
+    )
     return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)])
 
 
-_STATUS_CODES = {"completed": api_pb2.STATUS_SUCCESS, "stopped_early": api_pb2.STATUS_SUCCESS,
-                 "failed": api_pb2.STATUS_FAILURE}
+_STATUS_CODES = {
+    "completed": api_pb2.STATUS_SUCCESS,
+    "stopped_early": api_pb2.STATUS_SUCCESS,
+    "failed": api_pb2.STATUS_FAILURE,
+}
 
 
-def _write_events(tb_dir: Path, name: str, records: Sequence[Record],
-                  objectives: Sequence[Objective], summary: str,
-                  images: Mapping[str, bytes]) -> None:
+def _write_events(
+    tb_dir: Path,
+    name: str,
+    records: Sequence[Record],
+    objectives: Sequence[Objective],
+    summary: str,
+    images: Mapping[str, bytes],
+) -> None:
     now = time.time()
 
     def event(summary: summary_pb2.Summary, step: int = 0) -> event_pb2.Event:
         return event_pb2.Event(wall_time=now, step=step, summary=summary)
 
     types, hp_rows = _hparam_values(records)
-    metrics = [m for m in metric_keys(records, objectives)
-               if any(number(record_final(r).get(m)) is not None for r in records)]
+    metrics = [
+        m
+        for m in metric_keys(records, objectives)
+        if any(number(record_final(r).get(m)) is not None for r in records)
+    ]
     experiment = hp.hparams_config_pb(
-        hparams=[hp.HParam(key, _domain(kind, sorted({row[key] for row in hp_rows
-                                                      if key in row})), display_name=key)
-                 for key, kind in types.items()],
+        hparams=[
+            hp.HParam(
+                key,
+                _domain(kind, sorted({row[key] for row in hp_rows if key in row})),
+                display_name=key,
+            )
+            for key, kind in types.items()
+        ],
         metrics=[hp.Metric(f"final/{m}", display_name=m) for m in metrics],
-        time_created_secs=now)
+        time_created_secs=now,
+    )
 
     root = EventFileWriter(str(tb_dir))
     try:
@@ -420,8 +549,9 @@ def _write_events(tb_dir: Path, name: str, records: Sequence[Record],
             root.add_event(event(experiment))
         for tag, data in images.items():
             root.add_event(event(_image(tag, data)))
-        root.add_event(event(text_pb("summary/text_summary", [summary],
-                                     description=f"sd-tune: {name}")))
+        root.add_event(
+            event(text_pb("summary/text_summary", [summary], description=f"sd-tune: {name}"))
+        )
     finally:
         root.close()
 
@@ -431,8 +561,9 @@ def _write_events(tb_dir: Path, name: str, records: Sequence[Record],
             # The experiment is repeated in every session run: TensorBoard takes the first
             # experiment it finds, and each copy lists every trial's hparams and metrics.
             writer.add_event(event(experiment))
-            writer.add_event(event(hp.hparams_pb(hparams, trial_id=rec["trial_id"],
-                                                 start_time_secs=now)))
+            writer.add_event(
+                event(hp.hparams_pb(hparams, trial_id=rec["trial_id"], start_time_secs=now))
+            )
             for i, report in enumerate(rec.get("history") or []):
                 if not isinstance(report, Mapping):
                     continue
@@ -449,9 +580,15 @@ def _write_events(tb_dir: Path, name: str, records: Sequence[Record],
             writer.close()
 
 
-def write_tensorboard(tb_dir: str | Path, name: str, records: Sequence[Record],
-                      objectives: Sequence[Objective], *, summary: str = "",
-                      images: Mapping[str, bytes] | None = None) -> None:
+def write_tensorboard(
+    tb_dir: str | Path,
+    name: str,
+    records: Sequence[Record],
+    objectives: Sequence[Objective],
+    *,
+    summary: str = "",
+    images: Mapping[str, bytes] | None = None,
+) -> None:
     """Write a report's TensorBoard entries in ``tb_dir``, in place of those there.
 
     The entries are written into a new folder beside ``tb_dir``, which then takes its place:

@@ -107,8 +107,15 @@ def stochastic_depth_from_config(cfg: TrialConfig) -> StochasticDepth:
     'sample'
     """
     s = cfg.stochastic_depth
-    return StochasticDepth(s.target_layer_name, s.stochastic_method, s.drop_rate,
-                           s.drop_distribution, s.drop_warmup, s.scale_by_keep, s.sample_impl)
+    return StochasticDepth(
+        s.target_layer_name,
+        s.stochastic_method,
+        s.drop_rate,
+        s.drop_distribution,
+        s.drop_warmup,
+        s.scale_by_keep,
+        s.sample_impl,
+    )
 
 
 def ddp_kwargs(sd: StochasticDepth) -> dict[str, Any]:
@@ -133,8 +140,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim > 1 else no_decay).append(param)
-    return [{"name": "decay", "params": decay, "weight_decay": weight_decay},
-            {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
@@ -143,9 +152,12 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.SGD:
     >>> build_optimizer(nn.Linear(2, 2), TrainConfig(lr=0.5)).param_groups[0]["lr"]
     0.5
     """
-    return torch.optim.SGD(param_groups(model, train.weight_decay), lr=train.lr,
-                           momentum=train.momentum,
-                           nesterov=train.nesterov and train.momentum > 0)
+    return torch.optim.SGD(
+        param_groups(model, train.weight_decay),
+        lr=train.lr,
+        momentum=train.momentum,
+        nesterov=train.nesterov and train.momentum > 0,
+    )
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -166,8 +178,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
-                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration ``LambdaLR`` following :func:`lr_factor`; call ``step()`` after every
     optimizer step.
 
@@ -175,6 +188,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
     >>> build_scheduler(opt, 10, 2).get_last_lr()
     [0.5]
     """
+
     def factor(step: int) -> float:
         return lr_factor(step, total_steps, warmup_steps)
 
@@ -191,8 +205,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"No sd-tune checkpoint at {file}: a checkpoint folder holds "
-                                f"{CHECKPOINT_FILE} (written by run_trial's report)")
+        raise FileNotFoundError(
+            f"No sd-tune checkpoint at {file}: a checkpoint folder holds "
+            f"{CHECKPOINT_FILE} (written by run_trial's report)"
+        )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
@@ -204,11 +220,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"data from checkpoints, so that loading one never runs code, and this file holds "
             f"something else ({why}). It was written by an sd-tune older than checkpoint "
             f"format {_CHECKPOINT_FORMAT}, or not by sd-tune: train the run again under a new "
-            f"name") from None
+            f"name"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{file} is not an sd-tune checkpoint of format {_CHECKPOINT_FORMAT} "
-                         f"(format: {str(got)[:40]}); train the run again under a new name")
+        raise ValueError(
+            f"{file} is not an sd-tune checkpoint of format {_CHECKPOINT_FORMAT} "
+            f"(format: {str(got)[:40]}); train the run again under a new name"
+        )
     return state
 
 
@@ -231,10 +250,17 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     """
     key, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"key": str(key), "state": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
-             "python": [int(version), list(internal), gauss_next]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": str(key),
+            "state": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": [int(version), list(internal), gauss_next],
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -243,19 +269,20 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _all_reduce(values: list[float | Tensor], device: torch.device,
-                world_size: int) -> list[float]:
+def _all_reduce(values: list[float | Tensor], device: torch.device, world_size: int) -> list[float]:
     """Sum a few numbers over ranks in one collective; returns Python floats."""
-    t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(())
-                     for v in values])
+    t = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]
+    )
     if world_size > 1:
         dist.all_reduce(t)
     return t.tolist()
@@ -269,9 +296,11 @@ def _sync(device: torch.device) -> None:
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
     """Deterministic algorithms (warn only) for the trial; the previous setting comes back."""
-    before = (torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -286,8 +315,14 @@ def _deterministic(enabled: bool) -> Iterator[None]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(model: nn.Module, loader: Loader, *, device: torch.device, world_size: int = 1,
-             autocast: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Loader,
+    *,
+    device: torch.device,
+    world_size: int = 1,
+    autocast: bool = False,
+) -> dict[str, float]:
     """``{"loss", "acc", "acc5"}`` of ``model`` (plain cross-entropy, top-1 / top-5 accuracy)
     over ``loader``'s shards of all ranks: per-rank sums, one all-reduce after the loop.
 
@@ -315,8 +350,10 @@ def evaluate(model: nn.Module, loader: Loader, *, device: torch.device, world_si
         model.train(was_training)
     loss, acc, acc5, n = _all_reduce([loss_sum, top1, top5, float(count)], device, world_size)
     if n == 0:
-        raise ValueError("The evaluation split is empty on every rank; there is nothing to "
-                         "evaluate. Raise dataset.val_fraction / dataset.max_eval_samples.")
+        raise ValueError(
+            "The evaluation split is empty on every rank; there is nothing to "
+            "evaluate. Raise dataset.val_fraction / dataset.max_eval_samples."
+        )
     return {"loss": loss / n, "acc": acc / n, "acc5": acc5 / n}
 
 
@@ -330,8 +367,16 @@ def _broadcast_buffers(model: nn.Module, world_size: int) -> None:
 # --------------------------------------------------------------------------- the trial
 
 
-def _nan_error(loss: float, epoch: int, step: int, steps: int, global_step: int, lr: float,
-               forced: bool, stopped_at: int) -> FloatingPointError:
+def _nan_error(
+    loss: float,
+    epoch: int,
+    step: int,
+    steps: int,
+    global_step: int,
+    lr: float,
+    forced: bool,
+    stopped_at: int,
+) -> FloatingPointError:
     return FloatingPointError(
         f"non-finite training loss ({loss if not math.isfinite(loss) else 'on another rank'}) "
         f"at epoch {epoch}, step {step} (of {steps} in the "
@@ -344,15 +389,18 @@ def _nan_error(loss: float, epoch: int, step: int, steps: int, global_step: int,
 
 def progress_line(m: dict[str, float], epochs: int) -> str:
     """One line for an epoch's metrics, as ``sd-tune train`` prints it."""
-    line = (f"epoch {int(m['epoch'])}/{epochs}  train_loss {m['train_loss']:.4f} "
-            f"acc {m['train_acc']:.4f} | val_loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} "
-            f"acc5 {m['val_acc5']:.4f} | {m['images_per_s']:.0f} img/s | lr {m['lr']:.4g} | "
-            f"train {m['train_time_s']:.1f} s, wall {m['wall_time_s']:.1f} s")
+    line = (
+        f"epoch {int(m['epoch'])}/{epochs}  train_loss {m['train_loss']:.4f} "
+        f"acc {m['train_acc']:.4f} | val_loss {m['val_loss']:.4f} acc {m['val_acc']:.4f} "
+        f"acc5 {m['val_acc5']:.4f} | {m['images_per_s']:.0f} img/s | lr {m['lr']:.4g} | "
+        f"train {m['train_time_s']:.1f} s, wall {m['wall_time_s']:.1f} s"
+    )
     if m.get("compile_time_s"):
         line += f", compile {m['compile_time_s']:.1f} s"
     if "test_acc" in m:
-        line += f" | test_loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} " \
-                f"acc5 {m['test_acc5']:.4f}"
+        line += (
+            f" | test_loss {m['test_loss']:.4f} acc {m['test_acc']:.4f} acc5 {m['test_acc5']:.4f}"
+        )
     return line
 
 
@@ -433,8 +481,14 @@ def run_trial(
         torch.cuda.set_device(device)
     say = (say or log or print) if rank == 0 else (lambda _line: None)
     with _deterministic(cfg.train.deterministic):
-        trial = setup_trial(cfg, device=device, rank=rank, world_size=world_size,
-                            splits=splits, prepare_model=prepare_model)
+        trial = setup_trial(
+            cfg,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            splits=splits,
+            prepare_model=prepare_model,
+        )
         state = restore(trial, resume_dir, report=report, replay=replay, say=say)
         if state.start_epoch > cfg.train.epochs:
             return state.metrics
@@ -485,9 +539,15 @@ class TrialState:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
-def setup_trial(cfg: TrialConfig, *, device: torch.device, rank: int = 0, world_size: int = 1,
-                splits: Splits | None = None,
-                prepare_model: Callable[[nn.Module], nn.Module] | None = None) -> Trial:
+def setup_trial(
+    cfg: TrialConfig,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    splits: Splits | None = None,
+    prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+) -> Trial:
     """Load the data, build the model with its stochastic depth (same initial weights on
     every rank), the optimizer and the schedule; wrap (DDP) and compile as ``cfg`` says."""
     t, d = cfg.train, cfg.dataset
@@ -498,14 +558,23 @@ def setup_trial(cfg: TrialConfig, *, device: torch.device, rank: int = 0, world_
     if d.shuffle_labels:
         splits = _shuffle_train_labels(splits, d.split_seed)
     if len(splits.val) == 0:  # type: ignore[arg-type]
-        raise ValueError(f"The validation split of {splits.info.name} is empty "
-                         f"(dataset.val_fraction={d.val_fraction}), but every epoch reports "
-                         "val_acc; set dataset.val_fraction > 0")
+        raise ValueError(
+            f"The validation split of {splits.info.name} is empty "
+            f"(dataset.val_fraction={d.val_fraction}), but every epoch reports "
+            "val_acc; set dataset.val_fraction > 0"
+        )
     info = splits.info
     train_loader, val_loader, test_loader = make_loaders(
-        splits, batch_size=t.batch_size, device=device, rank=rank, world_size=world_size,
-        seed=t.seed, num_workers=d.num_workers, channels_last=channels_last,
-        eval_batch_size=t.eval_batch_size)
+        splits,
+        batch_size=t.batch_size,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        seed=t.seed,
+        num_workers=d.num_workers,
+        channels_last=channels_last,
+        eval_batch_size=t.eval_batch_size,
+    )
     steps_per_epoch = len(train_loader)
     if t.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
@@ -526,7 +595,8 @@ def setup_trial(cfg: TrialConfig, *, device: torch.device, rank: int = 0, world_
         wrapped = prepare_model(model)
     elif world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_gpu else None, **ddp_kwargs(sd))
+            model, device_ids=[device.index] if on_gpu else None, **ddp_kwargs(sd)
+        )
     else:
         wrapped = model
     train_forward: Callable[[Tensor], Tensor] = wrapped
@@ -535,17 +605,39 @@ def setup_trial(cfg: TrialConfig, *, device: torch.device, rank: int = 0, world_
         train_forward = torch.compile(wrapped)
         # One compiled module serves both when nothing wraps the model; under DDP evaluation
         # runs the plain model (eval shards are uneven across ranks), compiled on its own.
-        eval_model = (train_forward if wrapped is model  # type: ignore[assignment]
-                      else torch.compile(model))
-    return Trial(cfg=cfg, device=device, rank=rank, world_size=world_size,
-                 train_loader=train_loader, val_loader=val_loader, test_loader=test_loader,
-                 steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=model, sd=sd,
-                 optimizer=optimizer, scheduler=scheduler, train_forward=train_forward,
-                 eval_model=eval_model, bf16=on_gpu and t.bf16)
+        eval_model = (
+            train_forward
+            if wrapped is model  # type: ignore[assignment]
+            else torch.compile(model)
+        )
+    return Trial(
+        cfg=cfg,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        model=model,
+        sd=sd,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_forward=train_forward,
+        eval_model=eval_model,
+        bf16=on_gpu and t.bf16,
+    )
 
 
-def restore(trial: Trial, resume_dir: str | Path | None, *, report: Report,
-            replay: bool = False, say: Callable[[str], None] = print) -> TrialState:
+def restore(
+    trial: Trial,
+    resume_dir: str | Path | None,
+    *,
+    report: Report,
+    replay: bool = False,
+    say: Callable[[str], None] = print,
+) -> TrialState:
     """The state to start from: a fresh one, or the one a checkpoint folder holds (model,
     optimizer, scheduler and RNG loaded into ``trial``); seeds each rank's own draws."""
     state = TrialState()
@@ -568,14 +660,18 @@ def restore(trial: Trial, resume_dir: str | Path | None, *, report: Report,
             _set_rng_state(rngs[trial.rank], trial.device)
             rng_restored = True
         changed = _changed_keys(trial.cfg, saved["config"])
-        say(f"resuming from {resume_dir} after epoch {state.start_epoch - 1}"
-            + (f" (settings changed since: {', '.join(changed)})" if changed else ""))
+        say(
+            f"resuming from {resume_dir} after epoch {state.start_epoch - 1}"
+            + (f" (settings changed since: {', '.join(changed)})" if changed else "")
+        )
         if replay:
             for past in state.history:
                 report(dict(past), None)
         if state.start_epoch > epochs:
-            say(f"the checkpoint is already at epoch {state.start_epoch - 1} of {epochs}; "
-                "nothing left to train")
+            say(
+                f"the checkpoint is already at epoch {state.start_epoch - 1} of {epochs}; "
+                "nothing left to train"
+            )
             return state
     if not rng_restored:
         # Each rank draws its own stochastic-depth masks.
@@ -649,11 +745,17 @@ def train_one_epoch(trial: Trial, state: TrialState, epoch: int) -> EpochTotals:
     elapsed = time.perf_counter() - t_epoch
     compiled = compile_seconds() - compile_before
     trial.sd.set_progress(min(1.0, state.global_step / trial.total_steps))
-    loss_total, correct_total, seen_total = _all_reduce([loss_sum, correct, float(seen)], device,
-                                                        trial.world_size)
-    return EpochTotals(loss=loss_total, correct=correct_total, seen=seen_total,
-                       seconds=max(elapsed - compiled, 0.0), compile_seconds=compiled,
-                       lr=float(lr))
+    loss_total, correct_total, seen_total = _all_reduce(
+        [loss_sum, correct, float(seen)], device, trial.world_size
+    )
+    return EpochTotals(
+        loss=loss_total,
+        correct=correct_total,
+        seen=seen_total,
+        seconds=max(elapsed - compiled, 0.0),
+        compile_seconds=compiled,
+        lr=float(lr),
+    )
 
 
 def _check_finite(trial: Trial, first_bad: Tensor, bad_loss: Tensor) -> None:
@@ -668,29 +770,46 @@ def _check_finite(trial: Trial, first_bad: Tensor, bad_loss: Tensor) -> None:
     t = trial.cfg.train
     spe = trial.steps_per_epoch
     epoch, step = (gs - 1) // spe + 1, (gs - 1) % spe + 1
-    lr = t.lr * lr_factor(gs - 1, trial.total_steps,
-                          min(trial.total_steps, round(t.warmup_epochs * spe)))
+    lr = t.lr * lr_factor(
+        gs - 1, trial.total_steps, min(trial.total_steps, round(t.warmup_epochs * spe))
+    )
     own = int(first_bad.item()) == gs
     stopped_at = trial.scheduler.last_epoch  # optimizer steps taken so far
-    raise _nan_error(float(bad_loss.item()) if own else 0.0, epoch, step, spe, gs, lr,
-                     forced=t.fail_at_epoch == epoch, stopped_at=stopped_at)
+    raise _nan_error(
+        float(bad_loss.item()) if own else 0.0,
+        epoch,
+        step,
+        spe,
+        gs,
+        lr,
+        forced=t.fail_at_epoch == epoch,
+        stopped_at=stopped_at,
+    )
 
 
-def epoch_metrics(trial: Trial, state: TrialState, epoch: int, totals: EpochTotals,
-                  t_start: float) -> dict[str, float]:
+def epoch_metrics(
+    trial: Trial, state: TrialState, epoch: int, totals: EpochTotals, t_start: float
+) -> dict[str, float]:
     """Evaluate after ``epoch`` and build its report (see :func:`run_trial`); updates
     ``state`` (times, history) and fails on non-finite metrics."""
     cfg, device = trial.cfg, trial.device
     state.train_time_s += totals.seconds
     compile_before = compile_seconds()
     _broadcast_buffers(trial.model, trial.world_size)
-    val = evaluate(trial.eval_model, trial.val_loader, device=device,
-                   world_size=trial.world_size, autocast=trial.bf16)
+    val = evaluate(
+        trial.eval_model,
+        trial.val_loader,
+        device=device,
+        world_size=trial.world_size,
+        autocast=trial.bf16,
+    )
     metrics = {
         "epoch": float(epoch),
         "train_loss": totals.loss / totals.seen,
         "train_acc": totals.correct / totals.seen,
-        "val_loss": val["loss"], "val_acc": val["acc"], "val_acc5": val["acc5"],
+        "val_loss": val["loss"],
+        "val_acc": val["acc"],
+        "val_acc5": val["acc5"],
         "train_time_s": state.train_time_s,
         "wall_time_s": 0.0,
         "images_per_s": totals.seen / max(totals.seconds, 1e-9),
@@ -701,24 +820,32 @@ def epoch_metrics(trial: Trial, state: TrialState, epoch: int, totals: EpochTota
         "param_checksum": _param_checksum(trial.model),
     }
     if epoch == cfg.train.epochs:
-        test = evaluate(trial.eval_model, trial.test_loader, device=device,
-                        world_size=trial.world_size, autocast=trial.bf16)
+        test = evaluate(
+            trial.eval_model,
+            trial.test_loader,
+            device=device,
+            world_size=trial.world_size,
+            autocast=trial.bf16,
+        )
         metrics.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
     state.compile_time_s += totals.compile_seconds + compile_seconds() - compile_before
     metrics["compile_time_s"] = state.compile_time_s
     metrics["wall_time_s"] = state.wall_before_s + time.perf_counter() - t_start
     bad_keys = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad_keys:
-        raise FloatingPointError(f"non-finite metrics at epoch {epoch}: "
-                                 + ", ".join(f"{k}={metrics[k]}" for k in bad_keys)
-                                 + "; the model diverged. Lower train.lr.")
+        raise FloatingPointError(
+            f"non-finite metrics at epoch {epoch}: "
+            + ", ".join(f"{k}={metrics[k]}" for k in bad_keys)
+            + "; the model diverged. Lower train.lr."
+        )
     state.history.append(dict(metrics))
     state.metrics = metrics
     return metrics
 
 
-def save_and_report(trial: Trial, state: TrialState, metrics: dict[str, float],
-                    report: Report) -> None:
+def save_and_report(
+    trial: Trial, state: TrialState, metrics: dict[str, float], report: Report
+) -> None:
     """Report ``metrics``; rank 0 with a checkpoint of everything :func:`restore` needs."""
     rngs = [_rng_state(trial.device)]
     if trial.world_size > 1:
@@ -731,24 +858,27 @@ def save_and_report(trial: Trial, state: TrialState, metrics: dict[str, float],
     epoch = int(metrics["epoch"])
     ckpt_dir = tempfile.mkdtemp(prefix=f"sd_tune_ckpt_e{epoch}_")
     try:
-        torch.save({
-            "format": _CHECKPOINT_FORMAT,
-            "epoch": epoch,
-            "global_step": state.global_step,
-            "total_steps": trial.total_steps,
-            "sd_progress": min(1.0, state.global_step / trial.total_steps),
-            "model": trial.model.state_dict(),  # the plain model: no DDP or compile prefixes
-            "optimizer": trial.optimizer.state_dict(),
-            "scheduler": trial.scheduler.state_dict(),
-            "rng": rngs,
-            "world_size": trial.world_size,
-            "train_time_s": state.train_time_s,
-            "compile_time_s": state.compile_time_s,
-            "wall_time_s": metrics["wall_time_s"],
-            "metrics": metrics,
-            "history": state.history,
-            "config": trial.cfg.to_dict(),
-        }, Path(ckpt_dir) / CHECKPOINT_FILE)
+        torch.save(
+            {
+                "format": _CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "global_step": state.global_step,
+                "total_steps": trial.total_steps,
+                "sd_progress": min(1.0, state.global_step / trial.total_steps),
+                "model": trial.model.state_dict(),  # the plain model: no DDP or compile prefixes
+                "optimizer": trial.optimizer.state_dict(),
+                "scheduler": trial.scheduler.state_dict(),
+                "rng": rngs,
+                "world_size": trial.world_size,
+                "train_time_s": state.train_time_s,
+                "compile_time_s": state.compile_time_s,
+                "wall_time_s": metrics["wall_time_s"],
+                "metrics": metrics,
+                "history": state.history,
+                "config": trial.cfg.to_dict(),
+            },
+            Path(ckpt_dir) / CHECKPOINT_FILE,
+        )
         report(dict(metrics), ckpt_dir)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -764,8 +894,10 @@ def _shuffle_train_labels(splits: Splits, seed: int) -> Splits:
     from sd_tune.data import InMemorySplit
 
     if not isinstance(splits.train, InMemorySplit):
-        raise ValueError("dataset.shuffle_labels works only for in-memory datasets "
-                         "(fashion_mnist, cifar10, cifar100, synthetic)")
+        raise ValueError(
+            "dataset.shuffle_labels works only for in-memory datasets "
+            "(fashion_mnist, cifar10, cifar100, synthetic)"
+        )
     g = torch.Generator().manual_seed(seed + 12345)
     perm = torch.randperm(len(splits.train.y), generator=g)
     train = InMemorySplit(splits.train.x, splits.train.y[perm])

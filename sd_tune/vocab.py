@@ -23,7 +23,11 @@ DISTRIBUTIONS: tuple[str, ...] = ("uniform", "linear")
 SAMPLE_IMPLS: tuple[str, ...] = ("mask", "subset")
 #: ``stochastic_depth.target_layer_name``; "auto" takes every residual block surgery knows.
 TARGET_LAYER_NAMES: tuple[str, ...] = (
-    "auto", "Bottleneck", "BasicBlock", "ResNetBottleneck", "CifarBasicBlock",
+    "auto",
+    "Bottleneck",
+    "BasicBlock",
+    "ResNetBottleneck",
+    "CifarBasicBlock",
 )
 
 

@@ -16,8 +16,13 @@ def ray_session() -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=True,
-             dashboard_host="127.0.0.1", logging_level="WARNING", configure_logging=True)
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 2),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level="WARNING",
+        configure_logging=True,
+    )
     try:
         yield
     finally:
@@ -59,8 +64,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         path = tmp_path / f"tmpfs{len(mounted)}"
         path.mkdir()
         opts = ",".join(o for o in (f"size={size}", options) if o)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "none", str(path)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "none", str(path)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
         mounted.append(path)

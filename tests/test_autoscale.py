@@ -41,7 +41,8 @@ BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 needs_fashion_mnist = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-    reason="needs Debian's dataset-fashion-mnist")
+    reason="needs Debian's dataset-fashion-mnist",
+)
 
 
 def trial(**resources: object) -> TrialConfig:
@@ -61,13 +62,18 @@ def test_plan_from_zero_gpu_nodes_adds_one_node_per_imagenet_trial() -> None:
     assert plan.message == (
         "the nodes up now (8 CPU) cannot hold one trial (8 workers x 8.0 CPU = 64.0 CPUs and 8 x "
         "1.0 GPU = 8.0 GPUs); the autoscaler is expected to add 4 gpu_8x_a100 nodes (96 CPU + 8 "
-        "GPU), for 4 trials at a time")
+        "GPU), for 4 trials at a time"
+    )
     # a cap on the search, and nodes already up, lower what is added
     capped = scale_plan(trial(**IMAGENET), HEAD, Autoscaler((A100,), max_workers=4), trials=2)
     assert capped.add == {"gpu_8x_a100": 2} and capped.concurrent == 2
     one_up = NodeType("gpu_8x_a100", {"CPU": 96.0, "GPU": 8.0}, 4, running=1)
-    grown = scale_plan(trial(**IMAGENET), [*HEAD, {"CPU": 96.0, "GPU": 8.0}],
-                       Autoscaler((one_up,), max_workers=4), trials=16)
+    grown = scale_plan(
+        trial(**IMAGENET),
+        [*HEAD, {"CPU": 96.0, "GPU": 8.0}],
+        Autoscaler((one_up,), max_workers=4),
+        trials=16,
+    )
     assert not grown.wait and grown.add == {"gpu_8x_a100": 3} and grown.concurrent == 4
 
 
@@ -89,10 +95,10 @@ def test_plan_respects_the_cluster_cap_and_refuses_with_numbers() -> None:
         "worker (8 CPU + 1 GPU) must fit on one node, but the Ray cluster can never hold them: "
         "the nodes up now (8 CPU) hold 0 such workers, and its autoscaler may add only 1 x "
         "gpu_4x (4 each) (gpu_4x: 48 CPU + 4 GPU, up to 10 nodes; the autoscaler starts at most "
-        "1 worker nodes)")
+        "1 worker nodes)"
+    )
     none = scale_plan(trial(**IMAGENET), HEAD, Autoscaler((NodeType("cpu", {"CPU": 64.0}, 9),)))
-    assert "no node type of its autoscaler holds one (cpu: 64 CPU, up to 9 nodes)" in \
-        none.problem
+    assert "no node type of its autoscaler holds one (cpu: 64 CPU, up to 9 nodes)" in none.problem
 
 
 def test_cpu_trials_leave_gpu_node_types_alone() -> None:
@@ -100,19 +106,25 @@ def test_cpu_trials_leave_gpu_node_types_alone() -> None:
     gpu = NodeType("a_gpu_node", {"CPU": 2.0, "GPU": 2.0}, 2)
     plan = scale_plan(trial(num_workers=2), [{"CPU": 1.0}], Autoscaler((gpu, cpu)))
     assert plan.add == {"cpu_node": 1}
-    gpu_plan = scale_plan(trial(num_workers=2, use_gpu=True), [{"CPU": 1.0}],
-                          Autoscaler((gpu, cpu)))
+    gpu_plan = scale_plan(
+        trial(num_workers=2, use_gpu=True), [{"CPU": 1.0}], Autoscaler((gpu, cpu))
+    )
     assert gpu_plan.add == {"a_gpu_node": 1}
 
 
 def test_node_types_from_a_launcher_config_and_the_status() -> None:
     config = yaml.safe_load((REPO / "launch" / "aws-gpu.yaml").read_text())
-    status = {"autoscaler_report": {"active_nodes": {"head_cpu": 1, "gpu_8x_a100": 1},
-                                    "pending_launches": {"gpu_8x_a100": 1}}}
+    status = {
+        "autoscaler_report": {
+            "active_nodes": {"head_cpu": 1, "gpu_8x_a100": 1},
+            "pending_launches": {"gpu_8x_a100": 1},
+        }
+    }
     found = autoscaler_from_config(config, running_by_type(status), "test")
     assert found is not None and found.max_workers == 4
     assert [(t.name, t.max_workers, t.running) for t in found.node_types] == [
-        ("gpu_8x_a100", 4, 1)]  # a node still launching is among what may be added
+        ("gpu_8x_a100", 4, 1)
+    ]  # a node still launching is among what may be added
     assert config["available_node_types"]["gpu_8x_a100"]["min_workers"] == 0
     plan = scale_plan(trial(**IMAGENET), [*HEAD, {"CPU": 96.0, "GPU": 8.0}], found, trials=16)
     assert plan.add == {"gpu_8x_a100": 3} and plan.concurrent == 4
@@ -120,16 +132,20 @@ def test_node_types_from_a_launcher_config_and_the_status() -> None:
 
 def test_status_and_log_failures() -> None:
     status = {"autoscaler_report": {"active_nodes": {"node_" + "a" * 56: 1}}}
-    assert is_readonly(status) and not is_readonly({"autoscaler_report": {
-        "active_nodes": {"head_cpu": 1}}})
-    log = ("2026-01-01 00:00:00,1\tINFO node_launcher.py:177 -- NodeLauncher0: Failed to launch "
-           "{} node(s) of type gpu_8x_a100. (UnauthorizedOperation): You are not authorized to "
-           "perform this operation. User: arn:aws:sts::1:assumed-role/sd-tune-head is not "
-           "authorized to perform: iam:PassRole\n")
+    assert is_readonly(status) and not is_readonly(
+        {"autoscaler_report": {"active_nodes": {"head_cpu": 1}}}
+    )
+    log = (
+        "2026-01-01 00:00:00,1\tINFO node_launcher.py:177 -- NodeLauncher0: Failed to launch "
+        "{} node(s) of type gpu_8x_a100. (UnauthorizedOperation): You are not authorized to "
+        "perform this operation. User: arn:aws:sts::1:assumed-role/sd-tune-head is not "
+        "authorized to perform: iam:PassRole\n"
+    )
     assert launch_errors_from_log(log) == [
         "gpu_8x_a100: UnauthorizedOperation: You are not authorized to perform this operation. "
         "User: arn:aws:sts::1:assumed-role/sd-tune-head is not authorized to perform: "
-        "iam:PassRole"]
+        "iam:PassRole"
+    ]
     head = {"status": None, "launch_errors": launch_errors_from_log(log)}
     assert head_failures(head) == launch_errors_from_log(log)
 
@@ -138,17 +154,25 @@ def test_expected_trials() -> None:
     assert expected_trials(3, None) == 3 and expected_trials(16, 2) == 2
     assert expected_trials(1, 0) == 1
 
+
 # The node types: CPU nodes for the search that runs, a GPU node (logical GPUs, no driver) for
 # the GPU side, and a GPU type whose nodes can never start (an object store of 1 byte makes
 # the provider's `ray start` fail), for the wait that ends in an error.
 NODE_TYPES = {
     "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-    "cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0,
-                 "max_workers": 2},
-    "gpu_node": {"resources": {"CPU": 2, "GPU": 2}, "node_config": {}, "min_workers": 0,
-                 "max_workers": 1},
-    "broken_gpu_node": {"resources": {"CPU": 2, "GPU": 8, "object_store_memory": 1},
-                        "node_config": {}, "min_workers": 0, "max_workers": 1},
+    "cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 2},
+    "gpu_node": {
+        "resources": {"CPU": 2, "GPU": 2},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 1,
+    },
+    "broken_gpu_node": {
+        "resources": {"CPU": 2, "GPU": 8, "object_store_memory": 1},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 1,
+    },
 }
 
 
@@ -161,16 +185,31 @@ class FakeCluster:
 
 def fake_config(gcs_port: int) -> dict:
     return {
-        "cluster_name": "sdt-autoscale", "max_workers": 4, "upscaling_speed": 1.0,
+        "cluster_name": "sdt-autoscale",
+        "max_workers": 4,
+        "upscaling_speed": 1.0,
         "idle_timeout_minutes": 0.5,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     "gcs_address": f"127.0.0.1:{gcs_port}"},
-        "available_node_types": NODE_TYPES, "head_node_type": "ray.head.default",
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [],
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{gcs_port}",
+        },
+        "available_node_types": NODE_TYPES,
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
@@ -185,22 +224,49 @@ def fake_cluster() -> Iterator[FakeCluster]:
     config = root / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(fake_config(gcs)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1")
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--num-cpus", "1", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-           "--dashboard-agent-listen-port", str(agent), "--metrics-export-port", str(metrics),
-           "--temp-dir", str(root / "t"), f"--autoscaling-config={config}",
-           "--disable-usage-stats"]
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "1",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--metrics-export-port",
+        str(metrics),
+        "--temp-dir",
+        str(root / "t"),
+        f"--autoscaling-config={config}",
+        "--disable-usage-stats",
+    ]
     dashboard = f"http://127.0.0.1:{dash}"
     procs: list[subprocess.Popen] = []
     try:
         with open(root / "head.log", "w") as out:
-            procs.append(subprocess.Popen(cmd, env=head_env, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
         deadline = time.monotonic() + 120
         while not list_nodes(dashboard, env):
             assert procs[0].poll() is None, (root / "head.log").read_text()[-3000:]
@@ -211,14 +277,31 @@ def fake_cluster() -> Iterator[FakeCluster]:
         stop_tree(procs, root, group=True)  # the provider's nodes are in the head's session
 
 
-def launch(cluster: FakeCluster, tmp_path: Path, space: str, *args: str,
-           timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def launch(
+    cluster: FakeCluster, tmp_path: Path, space: str, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "space.yaml"
     path.write_text(space)
-    return subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space", str(path),
-                           "--storage", str(tmp_path / "store"), "--address", cluster.gcs,
-                           *args], cwd=REPO, env=cluster.env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sd_tune.cli",
+            "launch",
+            "--space",
+            str(path),
+            "--storage",
+            str(tmp_path / "store"),
+            "--address",
+            cluster.gcs,
+            *args,
+        ],
+        cwd=REPO,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 SMOKE = (REPO / "search_spaces" / "smoke.yaml").read_text()
@@ -227,14 +310,22 @@ SMOKE = (REPO / "search_spaces" / "smoke.yaml").read_text()
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_cpu_trial_waits_for_the_node_the_autoscaler_adds_and_runs_there(
-        fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    fake_cluster: FakeCluster, tmp_path: Path
+) -> None:
     # 2 workers x 1 CPU: the 1-CPU head holds one, so one cpu_node (2 CPUs) must be added.
-    out = launch(fake_cluster, tmp_path, SMOKE.replace("num_samples: 3", "num_samples: 1"),
-                 "--wait-for-nodes", "120")
+    out = launch(
+        fake_cluster,
+        tmp_path,
+        SMOKE.replace("num_samples: 3", "num_samples: 1"),
+        "--wait-for-nodes",
+        "120",
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert ("the nodes up now (1 CPU) cannot hold one trial (2 workers x 1.0 CPU = 2.0 CPUs); "
-            "the autoscaler is expected to add 1 cpu_node node (2 CPU), for 1 trial at a time"
-            in out.stdout)
+    assert (
+        "the nodes up now (1 CPU) cannot hold one trial (2 workers x 1.0 CPU = 2.0 CPUs); "
+        "the autoscaler is expected to add 1 cpu_node node (2 CPU), for 1 trial at a time"
+        in out.stdout
+    )
     assert "waiting up to 120 s for them (--wait-for-nodes)" in out.stdout
     assert "nodes for a trial are up after" in out.stdout
     trials = json.loads((tmp_path / "store" / "smoke" / "trials.json").read_text())["trials"]
@@ -246,11 +337,17 @@ def test_cpu_trial_waits_for_the_node_the_autoscaler_adds_and_runs_there(
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_gpu_trial_gets_its_gpu_node_and_then_the_driver_check(
-        fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    fake_cluster: FakeCluster, tmp_path: Path
+) -> None:
     # A gpu_node (2 logical GPUs) is added; this machine has no NVIDIA driver, which the
     # check on the GPU node reports before any trial starts.
-    out = launch(fake_cluster, tmp_path, "name: gpu\nresources: {num_workers: 2, use_gpu: "
-                                         "true}\n", "--wait-for-nodes", "120")
+    out = launch(
+        fake_cluster,
+        tmp_path,
+        "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n",
+        "--wait-for-nodes",
+        "120",
+    )
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
     assert "the autoscaler is expected to add 1 gpu_node node (2 CPU + 2 GPU)" in out.stdout
     assert "nodes for a trial are up after" in out.stdout
@@ -264,19 +361,28 @@ def test_gpu_trial_gets_its_gpu_node_and_then_the_driver_check(
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_a_trial_no_node_type_can_hold_is_refused_with_the_numbers(
-        fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    fake_cluster: FakeCluster, tmp_path: Path
+) -> None:
     started = time.monotonic()
-    out = launch(fake_cluster, tmp_path, "name: huge\nresources: {num_workers: 2, use_gpu: "
-                                         "true, gpus_per_worker: 16}\n")
+    out = launch(
+        fake_cluster,
+        tmp_path,
+        "name: huge\nresources: {num_workers: 2, use_gpu: true, gpus_per_worker: 16}\n",
+    )
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
     error = out.stderr.strip().splitlines()
     assert len(error) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert ("the trial needs 2 workers x 1.0 CPU = 2.0 CPUs and 2 x 16.0 GPU = 32.0 GPUs, and "
-            "a worker (1 CPU + 16 GPU) must fit on one node, but the Ray cluster can never hold "
-            "them: the nodes up now (" in error[0])
+    assert (
+        "the trial needs 2 workers x 1.0 CPU = 2.0 CPUs and 2 x 16.0 GPU = 32.0 GPUs, and "
+        "a worker (1 CPU + 16 GPU) must fit on one node, but the Ray cluster can never hold "
+        "them: the nodes up now (" in error[0]
+    )
     assert "hold 0 such workers, and no node type of its autoscaler holds one (" in error[0]
-    for described in ("cpu_node: 2 CPU, up to 2 nodes", "gpu_node: 2 CPU + 2 GPU, up to 1 node",
-                      "broken_gpu_node: 2 CPU + 8 GPU, up to 1 node;"):
+    for described in (
+        "cpu_node: 2 CPU, up to 2 nodes",
+        "gpu_node: 2 CPU + 2 GPU, up to 1 node",
+        "broken_gpu_node: 2 CPU + 8 GPU, up to 1 node;",
+    ):
         assert described in error[0], error[0]
     assert "the autoscaler starts at most 4 worker nodes" in error[0]
     assert time.monotonic() - started < 60
@@ -286,19 +392,28 @@ def test_a_trial_no_node_type_can_hold_is_refused_with_the_numbers(
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_a_node_that_never_comes_up_ends_the_wait_with_one_error(
-        fake_cluster: FakeCluster, tmp_path: Path) -> None:
+    fake_cluster: FakeCluster, tmp_path: Path
+) -> None:
     # 2 workers x 4 GPUs: only broken_gpu_node (8 GPUs) holds them, and it never starts.
-    out = launch(fake_cluster, tmp_path, "name: never\nresources: {num_workers: 2, use_gpu: "
-                                         "true, gpus_per_worker: 4}\n", "--wait-for-nodes", "20")
+    out = launch(
+        fake_cluster,
+        tmp_path,
+        "name: never\nresources: {num_workers: 2, use_gpu: true, gpus_per_worker: 4}\n",
+        "--wait-for-nodes",
+        "20",
+    )
     assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "the autoscaler is expected to add 1 broken_gpu_node node (2 CPU + 8 GPU)" in \
-        out.stdout
+    assert "the autoscaler is expected to add 1 broken_gpu_node node (2 CPU + 8 GPU)" in out.stdout
     error = out.stderr.strip().splitlines()
     assert len(error) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert error[0].startswith("sd-tune launch: error: no node for a trial (2 workers x 1.0 "
-                               "CPU = 2.0 CPUs and 2 x 4.0 GPU = 8.0 GPUs) came up within 20 s "
-                               "(--wait-for-nodes): the autoscaler was to add 1 broken_gpu_node "
-                               "node")
-    assert ("the autoscaler reports: broken_gpu_node: ValueError: Attempting to cap object "
-            "store memory usage at 1 bytes" in error[0]), error[0]
+    assert error[0].startswith(
+        "sd-tune launch: error: no node for a trial (2 workers x 1.0 "
+        "CPU = 2.0 CPUs and 2 x 4.0 GPU = 8.0 GPUs) came up within 20 s "
+        "(--wait-for-nodes): the autoscaler was to add 1 broken_gpu_node "
+        "node"
+    )
+    assert (
+        "the autoscaler reports: broken_gpu_node: ValueError: Attempting to cap object "
+        "store memory usage at 1 bytes" in error[0]
+    ), error[0]
     assert "`ray status`" in error[0]

@@ -13,8 +13,9 @@ import pytest
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sd_tune.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sd_tune.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,8 +57,11 @@ def write_space(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("command", ["validate", "launch", "train"])
 def test_bad_space_file_lists_every_problem_and_exits_2(tmp_path: Path, command: str) -> None:
-    space = write_space(tmp_path, "name: bad\nmodel: {family: resnet, depth: 51}\n"
-                                  "train: {epochs: 0, warmup_epochs: 0, lr: fast}\nbogus: 1\n")
+    space = write_space(
+        tmp_path,
+        "name: bad\nmodel: {family: resnet, depth: 51}\n"
+        "train: {epochs: 0, warmup_epochs: 0, lr: fast}\nbogus: 1\n",
+    )
     result = run(command, "--space", space)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -66,14 +70,21 @@ def test_bad_space_file_lists_every_problem_and_exits_2(tmp_path: Path, command:
         assert f"  {key}: " in result.stderr
 
 
-def test_missing_file_and_bad_set_exit_2(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_and_bad_set_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = call(capsys, "validate", "--space", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
     bad_set = call(capsys, "validate", "--space", "search_spaces/smoke.yaml", "--set", "epochs")
     assert bad_set.returncode == 2 and "--set takes section.key=value" in bad_set.stderr
-    wrong = call(capsys, "validate", "--space", "search_spaces/smoke.yaml", "--set",
-                 "stochastic_depth.drop_rate=2")
+    wrong = call(
+        capsys,
+        "validate",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--set",
+        "stochastic_depth.drop_rate=2",
+    )
     assert wrong.returncode == 2 and "stochastic_depth.drop_rate" in wrong.stderr
 
 
@@ -85,8 +96,11 @@ def test_validate_ok_for_every_shipped_space(capsys: pytest.CaptureFixture[str])
 
 
 def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
-    space = write_space(tmp_path, f"name: nodata\ndataset: {{name: cifar10, root: {tmp_path}}}\n"
-                                  f"space: {{train.lr: {{loguniform: [0.01, 0.1]}}}}\n")
+    space = write_space(
+        tmp_path,
+        f"name: nodata\ndataset: {{name: cifar10, root: {tmp_path}}}\n"
+        f"space: {{train.lr: {{loguniform: [0.01, 0.1]}}}}\n",
+    )
     for command in ("launch", "train"):
         result = run(command, "--space", space, "--storage", str(tmp_path))
         assert result.returncode == 2, result.stderr
@@ -96,10 +110,14 @@ def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["report", "resume"])
-def test_no_experiment_at_a_folder_or_uri_exits_2(tmp_path: Path, command: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for where in ("file:///nonexistent/smoke", str(tmp_path),
-                  f"file://{tmp_path}?endpoint_override=127.0.0.1:9000&scheme=http"):
+def test_no_experiment_at_a_folder_or_uri_exits_2(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for where in (
+        "file:///nonexistent/smoke",
+        str(tmp_path),
+        f"file://{tmp_path}?endpoint_override=127.0.0.1:9000&scheme=http",
+    ):
         result = call(capsys, command, where)
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -110,8 +128,9 @@ def test_no_experiment_at_a_folder_or_uri_exits_2(tmp_path: Path, command: str,
     assert "cannot read nosuch://bucket/smoke/sd_tune_space.json" in unknown.stderr
 
 
-def test_storage_defaults_to_the_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_defaults_to_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """$SD_TUNE_STORAGE (what the launcher configs and the RayJob set) stands in for
     --storage; --storage wins. Seen before Ray starts: the experiment exists there."""
     for root in ("env", "flag"):
@@ -129,12 +148,14 @@ def test_storage_defaults_to_the_environment(tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.slow
 def test_gpu_space_on_a_cpu_cluster_fails_with_the_numbers(tmp_path: Path) -> None:
-    space = write_space(tmp_path, "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n"
-                                  "space: {train.lr: {loguniform: [0.01, 0.1]}}\n")
+    space = write_space(
+        tmp_path,
+        "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n"
+        "space: {train.lr: {loguniform: [0.01, 0.1]}}\n",
+    )
     result = run("launch", "--space", space, "--storage", str(tmp_path))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
-        result.stderr
+    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -151,11 +172,13 @@ def one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: str) -> 
         assert needle in result.stderr, result.stderr
 
 
-def test_an_alias_bomb_and_a_huge_list_end_at_once(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_alias_bomb_and_a_huge_list_end_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    lines += [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh",
-                                                                                "bcdefghi")]
+    lines += [
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi")
+    ]
     bomb = write_space(tmp_path, "\n".join([*lines, "name: *i"]) + "\n")
     huge = tmp_path / "huge.yaml"
     huge.write_text("space:\n  train.lr: {choice: [" + "0.1, " * 10_000_000 + "0.1]}\n")
@@ -167,13 +190,17 @@ def test_an_alias_bomb_and_a_huge_list_end_at_once(tmp_path: Path,
             assert time.perf_counter() - start < 5
             assert result.returncode == 2 and len(result.stderr) < 500, result.stderr
             assert "Traceback" not in result.stderr
-            assert ("found an alias (*a)" if path == bomb else "is 48,828 KiB, but a space "
-                    "file is at most 256 KiB") in result.stderr
+            assert (
+                "found an alias (*a)"
+                if path == bomb
+                else "is 48,828 KiB, but a space file is at most 256 KiB"
+            ) in result.stderr
 
 
 @pytest.mark.parametrize("command", ["launch", "train"])
-def test_names_that_leave_the_storage_are_refused(tmp_path: Path, command: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_names_that_leave_the_storage_are_refused(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = tmp_path / "store"
     store.mkdir()
     for name in ("../../escape", "../x", "/abs/path", "a/b", ".", "x" * 300):
@@ -184,11 +211,14 @@ def test_names_that_leave_the_storage_are_refused(tmp_path: Path, command: str,
 
 
 @pytest.mark.parametrize("command", ["launch", "train"])
-def test_what_used_to_end_in_a_traceback_is_one_line(tmp_path: Path, command: str,
-                                                     tmpfs: Callable[..., Path],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    for value, why in (("[1,", "expected the node content"), ("*x", "found an alias"),
-                       ("!!python/object/apply:os.system ['true']", "constructor for the tag")):
+def test_what_used_to_end_in_a_traceback_is_one_line(
+    tmp_path: Path, command: str, tmpfs: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for value, why in (
+        ("[1,", "expected the node content"),
+        ("*x", "found an alias"),
+        ("!!python/object/apply:os.system ['true']", "constructor for the tag"),
+    ):
         result = call(capsys, command, "--space", SMOKE, "--set", f"train.epochs={value}")
         one_line_exit_2(result, "--set train.epochs: ", why)
     (tmp_path / "file").write_text("")
@@ -201,12 +231,16 @@ def test_what_used_to_end_in_a_traceback_is_one_line(tmp_path: Path, command: st
     one_line_exit_2(result, f"cannot write to --storage {ro}: Read-only file system")
 
 
-def test_launch_refuses_a_space_with_nothing_to_search(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_launch_refuses_a_space_with_nothing_to_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     space = write_space(tmp_path, "name: same\nspace: {train.lr: 0.2}\n")
     result = call(capsys, "launch", "--space", space, "--storage", str(tmp_path))
-    one_line_exit_2(result, "space: lists no setting to search (only fixed values), so all 8 "
-                            "trials would train the same settings")
+    one_line_exit_2(
+        result,
+        "space: lists no setting to search (only fixed values), so all 8 "
+        "trials would train the same settings",
+    )
     assert "searching nothing" in call(capsys, "validate", "--space", space).stdout
 
 
@@ -225,25 +259,35 @@ def fake_experiment(folder: Path, trials: int, epochs: int = 2) -> list[dict]:
     search.save_spec(spec, str(folder), raw)
     records = []
     for i in range(trials):
-        history = [{"epoch": e, "val_acc": 0.5 + 0.01 * i + 0.1 * e, "train_time_s": 10.0 * e}
-                   for e in range(1, epochs + 1)]
+        history = [
+            {"epoch": e, "val_acc": 0.5 + 0.01 * i + 0.1 * e, "train_time_s": 10.0 * e}
+            for e in range(1, epochs + 1)
+        ]
         history[-1]["test_acc"] = 0.6
-        record = search._record(f"t{i:05d}", {"stochastic_depth.drop_rate": i / (10 * trials)},
-                                search.base_config(spec), history, "TERMINATED", None)
+        record = search._record(
+            f"t{i:05d}",
+            {"stochastic_depth.drop_rate": i / (10 * trials)},
+            search.base_config(spec),
+            history,
+            "TERMINATED",
+            None,
+        )
         (folder / search.RECORDS_DIR).mkdir(parents=True, exist_ok=True)
         (folder / search.RECORDS_DIR / f"t{i:05d}.json").write_text(json.dumps(record))
         records.append(record)
     return records
 
 
-def test_report_reads_what_it_can_and_names_the_rest(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_reads_what_it_can_and_names_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     exp = tmp_path / "smoke"
     fake_experiment(exp, 2)
     cut = exp / "trial_cut00"  # a trial without a record, its result.json cut short
     cut.mkdir()
-    (cut / "result.json").write_text('{"epoch": 1, "val_acc": 0.4, "train_time_s": 5}\n'
-                                     '{"epoch": 2, "val_a')
+    (cut / "result.json").write_text(
+        '{"epoch": 1, "val_acc": 0.4, "train_time_s": 5}\n{"epoch": 2, "val_a'
+    )
     result = call(capsys, "report", str(exp))
     one_line_exit_2(result, "1 file(s) of the experiment could not be read")
     assert "unreadable: trial_cut00/result.json: line 2 is not valid JSON" in result.stdout
@@ -253,8 +297,9 @@ def test_report_reads_what_it_can_and_names_the_rest(tmp_path: Path,
 
     (exp / "sd_tune_space.json").write_text('{"raw": {"name": "smo')
     result = call(capsys, "report", str(exp))
-    assert "note: sd_tune_space.json cannot be read (not valid JSON); used its copy" in \
-        result.stdout
+    assert (
+        "note: sd_tune_space.json cannot be read (not valid JSON); used its copy" in result.stdout
+    )
     (exp / "sd_tune" / "space.json").write_text("[]")
     result = call(capsys, "report", str(exp))
     one_line_exit_2(result, "the experiment's saved space file cannot be read")
@@ -269,8 +314,12 @@ def test_ctrl_c_during_report_is_one_line_and_keeps_the_old_report(tmp_path: Pat
     fake_experiment(exp, 2000)
     assert run("report", str(exp)).returncode == 0
     before = (exp / "trials.json").read_bytes()
-    proc = subprocess.Popen([sys.executable, "-m", "sd_tune.cli", "report", str(exp)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sd_tune.cli", "report", str(exp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not list(exp.glob(".tensorboard.new-*")):  # it is writing the TensorBoard entries
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -285,8 +334,10 @@ def test_ctrl_c_during_report_is_one_line_and_keeps_the_old_report(tmp_path: Pat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="needs Debian's dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="needs Debian's dataset-fashion-mnist",
+)
 def test_train_again_under_a_name_keeps_every_earlier_metric(tmp_path: Path) -> None:
     args = ("train", "--space", SMOKE, "--storage", str(tmp_path), "--name", "run1")
     first = run(*args)
@@ -295,17 +346,18 @@ def test_train_again_under_a_name_keeps_every_earlier_metric(tmp_path: Path) -> 
     rows = metrics.read_text()
     assert len(rows.splitlines()) == 2
     again = run(*args)
-    one_line_exit_2(again, "a run named 'run1' is in", "continue it with the same command "
-                                                        "with --resume")
+    one_line_exit_2(
+        again, "a run named 'run1' is in", "continue it with the same command with --resume"
+    )
     assert metrics.read_text() == rows
     changed = run(*args, "--resume", "--set", "train.epochs=3")
-    one_line_exit_2(changed, "the run 'run1' was started with other settings (train.epochs: 2 "
-                             "-> 3)")
+    one_line_exit_2(
+        changed, "the run 'run1' was started with other settings (train.epochs: 2 -> 3)"
+    )
     resumed = run(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     last = json.loads(rows.splitlines()[-1])
-    assert f"done: val_acc {last['val_acc']:.4f}, test_acc {last['test_acc']:.4f}" in \
-        resumed.stdout
+    assert f"done: val_acc {last['val_acc']:.4f}, test_acc {last['test_acc']:.4f}" in resumed.stdout
     assert metrics.read_text() == rows
     summary = json.loads((tmp_path / "run1" / "summary.json").read_text())
     assert summary["final"] == last

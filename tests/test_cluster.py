@@ -30,16 +30,31 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 # The loopback-cluster tests; the checks' arithmetic at the end of the file needs no cluster.
-needs_data = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                reason="needs Debian's dataset-fashion-mnist")
+needs_data = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="needs Debian's dataset-fashion-mnist",
+)
 EXCLUDES = '{"excludes": [".git", ".venv", "results", "__pycache__", ".pytest_cache"]}'
 
 
 def can_hide_from_node2(path: Path) -> bool:
     """Whether a process here may get its own mount namespace (needs CAP_SYS_ADMIN)."""
     try:
-        out = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t",
-                              "tmpfs", "none", str(path)], capture_output=True, timeout=30)
+        out = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "mount",
+                "-t",
+                "tmpfs",
+                "none",
+                str(path),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return out.returncode == 0
@@ -98,13 +113,19 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def ray_cli(cluster: Cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, *args], env=cluster.env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [RAY, *args], env=cluster.env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def list_nodes(dashboard: str, env: dict[str, str]) -> list[dict]:
-    out = subprocess.run([RAY, "list", "nodes", "--address", dashboard, "--format", "json"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [RAY, "list", "nodes", "--address", dashboard, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0 or not out.stdout.lstrip().startswith("["):
         return []  # not up yet ("No resource in the cluster")
     return [n for n in json.loads(out.stdout) if n["state"] == "ALIVE"]
@@ -118,32 +139,81 @@ def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="sdt-", dir="/tmp"))  # short: Ray's socket paths
     gcs, dash, client, agent1, agent2, metrics1, metrics2 = free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2", PYTHONUNBUFFERED="1")
-    common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-              "--disable-usage-stats"]
-    head_cmd = [RAY, "start", "--head", *common, "--port", str(gcs),
-                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                "--ray-client-server-port", str(client),
-                "--dashboard-agent-listen-port", str(agent1),
-                "--metrics-export-port", str(metrics1), "--temp-dir", str(root / "h")]
-    node2_cmd = [RAY, "start", "--address", f"127.0.0.1:{gcs}", *common,
-                 "--resources", '{"node2": 1}', "--dashboard-agent-listen-port", str(agent2),
-                 "--metrics-export-port", str(metrics2), "--temp-dir", str(root / "w")]
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2",
+        PYTHONUNBUFFERED="1",
+    )
+    common = [
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "--disable-usage-stats",
+    ]
+    head_cmd = [
+        RAY,
+        "start",
+        "--head",
+        *common,
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent1),
+        "--metrics-export-port",
+        str(metrics1),
+        "--temp-dir",
+        str(root / "h"),
+    ]
+    node2_cmd = [
+        RAY,
+        "start",
+        "--address",
+        f"127.0.0.1:{gcs}",
+        *common,
+        "--resources",
+        '{"node2": 1}',
+        "--dashboard-agent-listen-port",
+        str(agent2),
+        "--metrics-export-port",
+        str(metrics2),
+        "--temp-dir",
+        str(root / "w"),
+    ]
     private = root / "private"  # on node 2, an empty tmpfs hides what the head writes here
     private.mkdir()
     if can_hide_from_node2(private):
-        node2_cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                     f'mount -t tmpfs none "{private}" && exec "$@"', "sh", *node2_cmd]
+        node2_cmd = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount -t tmpfs none "{private}" && exec "$@"',
+            "sh",
+            *node2_cmd,
+        ]
     procs: list[subprocess.Popen] = []
     dashboard = f"http://127.0.0.1:{dash}"
     try:
         for cmd, log in ((head_cmd, "head.log"), (node2_cmd, "node2.log")):
             with open(root / log, "w") as out:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=out,
-                                              stderr=subprocess.STDOUT,
-                                              start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
             wanted = len(procs)
             deadline = time.monotonic() + 120
             while len(nodes := list_nodes(dashboard, env)) < wanted:
@@ -154,8 +224,16 @@ def cluster() -> Iterator[Cluster]:
         head = [n["node_id"] for n in nodes if n["is_head_node"]]
         assert len(node2) == 1 and len(head) == 1, nodes
         hidden = private if node2_cmd[0] == "unshare" else None
-        yield Cluster(f"127.0.0.1:{gcs}", f"ray://127.0.0.1:{client}", dashboard, env, head[0],
-                      node2[0], root, hidden)
+        yield Cluster(
+            f"127.0.0.1:{gcs}",
+            f"ray://127.0.0.1:{client}",
+            dashboard,
+            env,
+            head[0],
+            node2[0],
+            root,
+            hidden,
+        )
     finally:
         stop_tree(procs, root)
 
@@ -185,7 +263,8 @@ def job_status(cluster: Cluster, job_id: str) -> str:
     out = ray_cli(cluster, "job", "status", "--address", cluster.dashboard, job_id)
     text = out.stdout + out.stderr  # "Status for job 'x': RUNNING" or "Job 'x' succeeded"
     found = re.search(rf"job '{job_id}': ([A-Z]+)", text) or re.search(
-        rf"Job '{job_id}' (succeeded|failed|stopped)", text)
+        rf"Job '{job_id}' (succeeded|failed|stopped)", text
+    )
     if found:
         return found.group(1).upper()
     return "UNKNOWN: " + out.stdout + out.stderr
@@ -222,10 +301,27 @@ def job_logs(cluster: Cluster, job_id: str) -> str:
 def test_ray_job_submit_runs_the_search_across_both_nodes(cluster: Cluster) -> None:
     store = cluster.root / "store"
     job_id = "sdt-job-submit"
-    submitted = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard,
-                        "--submission-id", job_id, "--no-wait", "--working-dir", ".",
-                        "--runtime-env-json", EXCLUDES, "--", "sd-tune", "launch",
-                        "--space", "search_spaces/smoke.yaml", "--storage", str(store))
+    submitted = ray_cli(
+        cluster,
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        EXCLUDES,
+        "--",
+        "sd-tune",
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        str(store),
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     status = wait_for(cluster, job_id)
     logs = job_logs(cluster, job_id)
@@ -240,11 +336,29 @@ def test_ray_job_submit_runs_the_search_across_both_nodes(cluster: Cluster) -> N
 @needs_data
 def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
     store = cluster.root / "store2"
-    env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard, "SD_TUNE_JOB_ID": "sdt-submit-sh",
-           "RAY": RAY}
-    out = subprocess.run(["bash", "launch/submit.sh", "--space", "search_spaces/smoke.yaml",
-                          "--storage", str(store), "--name", "viash"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
+    env = {
+        **cluster.env,
+        "RAY_ADDRESS": cluster.dashboard,
+        "SD_TUNE_JOB_ID": "sdt-submit-sh",
+        "RAY": RAY,
+    }
+    out = subprocess.run(
+        [
+            "bash",
+            "launch/submit.sh",
+            "--space",
+            "search_spaces/smoke.yaml",
+            "--storage",
+            str(store),
+            "--name",
+            "viash",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "job id: sdt-submit-sh" in out.stdout
     assert "ray job logs -f sdt-submit-sh" in out.stdout
@@ -253,41 +367,64 @@ def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
     check_results(cluster, store / "viash")
 
 
-def launch(env: dict[str, str], space: str, *args: str,
-           timeout: float = 120) -> subprocess.CompletedProcess:
+def launch(
+    env: dict[str, str], space: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """``sd-tune launch --space SPACE ARGS`` in a subprocess from the repository root."""
-    return subprocess.run([sys.executable, "-m", "sd_tune.cli", "launch", "--space", space,
-                           *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sd_tune.cli", "launch", "--space", space, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 @needs_data
 def test_ray_client_address_runs_the_search(cluster: Cluster, tmp_path: Path) -> None:
-    out = launch(cluster.env, "search_spaces/smoke.yaml", "--set", "search.num_samples=2",
-                 "--storage", str(tmp_path), "--address", cluster.client, timeout=600)
+    out = launch(
+        cluster.env,
+        "search_spaces/smoke.yaml",
+        "--set",
+        "search.num_samples=2",
+        "--storage",
+        str(tmp_path),
+        "--address",
+        cluster.client,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 trials, 2 at a time" in out.stdout
     check_results(cluster, tmp_path / "smoke", n=2)
 
 
-def launch_with_address(cluster: Cluster, tmp_path: Path, space: str,
-                        timeout: float = 120) -> subprocess.CompletedProcess:
+def launch_with_address(
+    cluster: Cluster, tmp_path: Path, space: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
     path = tmp_path / "space.yaml"
     path.write_text(space + "space: {stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}}\n")
-    return launch(cluster.env, str(path), "--storage", str(tmp_path / "store"), "--address",
-                  cluster.gcs, timeout=timeout)
+    return launch(
+        cluster.env,
+        str(path),
+        "--storage",
+        str(tmp_path / "store"),
+        "--address",
+        cluster.gcs,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 @needs_data
 def test_gpu_space_on_the_cpu_cluster_fails_at_once(cluster: Cluster, tmp_path: Path) -> None:
     started = time.monotonic()
-    out = launch_with_address(cluster, tmp_path, "name: gpu\nresources: {num_workers: 2, "
-                                                 "use_gpu: true}\n")
+    out = launch_with_address(
+        cluster, tmp_path, "name: gpu\nresources: {num_workers: 2, use_gpu: true}\n"
+    )
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
-        out.stderr
+    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "store" / "gpu" / "trial_").exists()
     assert time.monotonic() - started < 60
@@ -295,11 +432,11 @@ def test_gpu_space_on_the_cpu_cluster_fails_at_once(cluster: Cluster, tmp_path: 
 
 @pytest.mark.slow
 @needs_data
-def test_worker_larger_than_any_node_fails_with_the_nodes(cluster: Cluster,
-                                                          tmp_path: Path) -> None:
+def test_worker_larger_than_any_node_fails_with_the_nodes(cluster: Cluster, tmp_path: Path) -> None:
     # 4 CPUs in all, but no node holds one 3-CPU worker
-    out = launch_with_address(cluster, tmp_path, "name: big\nresources: {num_workers: 1, "
-                                                 "cpus_per_worker: 3}\n")
+    out = launch_with_address(
+        cluster, tmp_path, "name: big\nresources: {num_workers: 1, cpus_per_worker: 3}\n"
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "a worker must fit on one node" in out.stderr
     assert "(2 CPU, 2 CPU) hold only 0 such workers" in out.stderr
@@ -309,14 +446,19 @@ def test_worker_larger_than_any_node_fails_with_the_nodes(cluster: Cluster,
 @needs_data
 def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: Path) -> None:
     if cluster.private is None:
-        pytest.skip("no mount namespaces here (unshare needs CAP_SYS_ADMIN): node 2 cannot "
-                    "be given a folder of its own")
+        pytest.skip(
+            "no mount namespaces here (unshare needs CAP_SYS_ADMIN): node 2 cannot "
+            "be given a folder of its own"
+        )
     store = cluster.private / "store"
-    out = launch(cluster.env, "search_spaces/smoke.yaml", "--storage", str(store),
-                 "--address", cluster.gcs)
+    out = launch(
+        cluster.env, "search_spaces/smoke.yaml", "--storage", str(store), "--address", cluster.gcs
+    )
     assert out.returncode == 2, out.stdout + out.stderr
-    assert f"--storage {store} is not shared: 1 of 2 nodes of the Ray cluster do not see it" \
+    assert (
+        f"--storage {store} is not shared: 1 of 2 nodes of the Ray cluster do not see it"
         in out.stderr
+    )
     assert f"({cluster.node2_id[:8]})" in out.stderr and "s3://" in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(store.glob("smoke/trial_*"))
@@ -326,8 +468,9 @@ def test_storage_that_a_node_cannot_see_is_refused(cluster: Cluster, tmp_path: P
 @needs_data
 def test_wrong_token_fails_with_what_to_check(cluster: Cluster, tmp_path: Path) -> None:
     env = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    out = launch(env, "search_spaces/smoke.yaml", "--storage", str(tmp_path), "--address",
-                 cluster.gcs)
+    out = launch(
+        env, "search_spaces/smoke.yaml", "--storage", str(tmp_path), "--address", cluster.gcs
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     error = [ln for ln in out.stderr.splitlines() if ln.startswith("sd-tune launch: error:")]
     assert error and f"cannot connect to the Ray cluster at {cluster.gcs}" in error[0]
@@ -341,11 +484,22 @@ def test_job_driver_has_the_runtime_env_vars(cluster: Cluster) -> None:
     SD_TUNE_STORAGE and no --storage (sd-tune reads the variable, tests/test_cli.py): the
     job's driver process has the variable."""
     job_id = "sdt-env-vars"
-    submitted = ray_cli(cluster, "job", "submit", "--address", cluster.dashboard,
-                        "--submission-id", job_id, "--no-wait", "--runtime-env-json",
-                        json.dumps({"env_vars": {"SD_TUNE_STORAGE": "gs://bucket/prefix"}}),
-                        "--", "python", "-c",
-                        "import os; print('storage=' + os.environ['SD_TUNE_STORAGE'])")
+    submitted = ray_cli(
+        cluster,
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard,
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        "--runtime-env-json",
+        json.dumps({"env_vars": {"SD_TUNE_STORAGE": "gs://bucket/prefix"}}),
+        "--",
+        "python",
+        "-c",
+        "import os; print('storage=' + os.environ['SD_TUNE_STORAGE'])",
+    )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert wait_for(cluster, job_id, timeout=180) == "SUCCEEDED"
     assert "storage=gs://bucket/prefix" in job_logs(cluster, job_id)
@@ -356,8 +510,9 @@ def test_job_driver_has_the_runtime_env_vars(cluster: Cluster) -> None:
 
 def resources(**values: object) -> TrialConfig:
     """A trial of 2 workers x 0.5 CPU (as tests/test_ray_train.py's), with these resources."""
-    return space_from_dict({"resources": {"num_workers": 2, "cpus_per_worker": 0.5, **values}}
-                           ).trial
+    return space_from_dict(
+        {"resources": {"num_workers": 2, "cpus_per_worker": 0.5, **values}}
+    ).trial
 
 
 def test_worker_slots_count_node_by_node() -> None:
@@ -377,11 +532,12 @@ def test_resource_problem_says_what_never_fits() -> None:
     two = resources(cpus_per_worker=1)
     assert resource_problem(two, [{"CPU": 1.0}, {"CPU": 1.0}]) is None
     gpu = resources(use_gpu=True)
-    assert "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs" in \
-        resource_problem(gpu, [{"CPU": 8.0}])
+    assert (
+        "needs 2 workers x 1.0 GPU = 2.0 GPUs but the Ray cluster has 0.0 GPUs"
+        in resource_problem(gpu, [{"CPU": 8.0}])
+    )
     # 4 GPUs in all, but two 2-GPU workers need a node each with 2 GPUs
-    big = resources(use_gpu=True, gpus_per_worker=2,
-                cpus_per_worker=1)
+    big = resources(use_gpu=True, gpus_per_worker=2, cpus_per_worker=1)
     msg = resource_problem(big, [{"CPU": 4.0, "GPU": 1.0}] * 2 + [{"CPU": 4.0, "GPU": 2.0}])
     assert msg is not None and "2 workers of 1 CPU + 2 GPU each" in msg
     assert "(4 CPU + 1 GPU, 4 CPU + 1 GPU, 4 CPU + 2 GPU) hold only 1 such workers" in msg
@@ -392,8 +548,9 @@ def test_shared_storage_problem_names_the_nodes_that_miss_it() -> None:
 
     addresses = {"aaaaaaaa11": "10.0.0.1", "bbbbbbbb22": "10.0.0.2", "cccccccc33": "10.0.0.3"}
     assert shared_storage_problem("/nfs/r", dict.fromkeys(addresses, True), addresses) is None
-    msg = shared_storage_problem("/tmp/r", {"aaaaaaaa11": True, "bbbbbbbb22": False,
-                                           "cccccccc33": None}, addresses)
+    msg = shared_storage_problem(
+        "/tmp/r", {"aaaaaaaa11": True, "bbbbbbbb22": False, "cccccccc33": None}, addresses
+    )
     assert msg is not None
     assert msg.startswith("--storage /tmp/r is not shared: 2 of 3 nodes")
     assert "10.0.0.2 (bbbbbbbb)" in msg and "10.0.0.3 (cccccccc, no answer)" in msg
@@ -404,8 +561,7 @@ def test_fractional_gpus_share_a_gpu_in_the_arithmetic() -> None:
     """0.25 GPU per worker: four workers share one GPU; the checks count fractions."""
     from sd_tune.cluster import resource_problem, worker_resources, worker_slots
 
-    quarter = resources(use_gpu=True, gpus_per_worker=0.25,
-                    num_workers=1, cpus_per_worker=2)
+    quarter = resources(use_gpu=True, gpus_per_worker=0.25, num_workers=1, cpus_per_worker=2)
     assert worker_resources(quarter) == {"CPU": 2.0, "GPU": 0.25}
     assert worker_slots(quarter, [{"CPU": 16.0, "GPU": 1.0}]) == 4
     assert worker_slots(quarter, [{"CPU": 6.0, "GPU": 1.0}]) == 3  # CPUs bound it
@@ -413,8 +569,7 @@ def test_fractional_gpus_share_a_gpu_in_the_arithmetic() -> None:
     assert resource_problem(quarter, [{"CPU": 16.0, "GPU": 0.25}]) is None
     msg = resource_problem(quarter, [{"CPU": 16.0, "GPU": 0.2}])
     assert msg is not None and "needs 1 workers x 0.25 GPU = 0.25 GPUs" in msg
-    two = resources(use_gpu=True, gpus_per_worker=0.5,
-                num_workers=2, cpus_per_worker=1)
+    two = resources(use_gpu=True, gpus_per_worker=0.5, num_workers=2, cpus_per_worker=1)
     # two half-GPU workers fit one GPU, and two 0.4-GPU leftovers on two nodes do not
     assert resource_problem(two, [{"CPU": 4.0, "GPU": 1.0}]) is None
     msg = resource_problem(two, [{"CPU": 4.0, "GPU": 0.6}, {"CPU": 4.0, "GPU": 0.4}])

@@ -91,8 +91,11 @@ def test_fashion_mnist_gpu_file() -> None:
     assert (r.num_workers, r.use_gpu, r.gpus_per_worker) == (1, True, 0.25)
     assert spec.trial.dataset.name == "fashion_mnist" and spec.trial.train.compile == "auto"
     assert spec.space["model.depth"] == {"choice": [20, 32, 56, 110]}
-    assert set(spec.space) >= {"stochastic_depth.drop_rate", "stochastic_depth.stochastic_method",
-                               "stochastic_depth.drop_distribution"}
+    assert set(spec.space) >= {
+        "stochastic_depth.drop_rate",
+        "stochastic_depth.stochastic_method",
+        "stochastic_depth.drop_distribution",
+    }
     assert 15 <= spec.trial.train.epochs <= 30
     assert spec.search.scheduler is not None and spec.search.scheduler.kind == "asha"
 
@@ -105,10 +108,15 @@ def test_imagenet_file() -> None:
     assert spec.space["model.depth"] == {"choice": [50, 101, 152]}
     # subset measured 2x the plain step on a GPU: the search compares mask and block
     assert spec.space["stochastic_depth.stochastic_method"] == {"choice": ["sample", "block"]}
-    assert t.stochastic_depth.sample_impl == "mask" and "stochastic_depth.sample_impl" not in \
-        spec.space
+    assert (
+        t.stochastic_depth.sample_impl == "mask"
+        and "stochastic_depth.sample_impl" not in spec.space
+    )
     assert (t.resources.num_workers, t.resources.use_gpu, t.resources.cpus_per_worker) == (
-        8, True, 8.0)
+        8,
+        True,
+        8.0,
+    )
     assert t.train.lr == pytest.approx(0.1 * t.resources.num_workers * t.train.batch_size / 256)
     assert spec.search.scheduler is not None and spec.search.scheduler.kind == "asha"
 
@@ -129,11 +137,16 @@ def test_an_almost_empty_file_gets_the_defaults(tmp_path: Path) -> None:
 
 def test_scientific_notation_is_a_number(tmp_path: Path) -> None:
     # YAML 1.1 (PyYAML) reads `1e-4` as a string; a search-space file means the number.
-    spec = load_space(write(tmp_path, """\
+    spec = load_space(
+        write(
+            tmp_path,
+            """\
         train: {weight_decay: 1e-4, lr: 2.5E-2}
         space:
           train.lr: {loguniform: [1e-3, 1e-1]}
-        """))
+        """,
+        )
+    )
     assert spec.trial.train.weight_decay == pytest.approx(1e-4)
     assert spec.trial.train.lr == pytest.approx(0.025)
     assert spec.space["train.lr"] == {"loguniform": [0.001, 0.1]}
@@ -189,12 +202,18 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, pattern: str) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "pattern"),
     [
-        ("stochastic_depth: {drop_rate: 1.5}\n", "stochastic_depth.drop_rate",
-         r"`0 <= drop_rate <= 1` must hold, but got 1.5"),
+        (
+            "stochastic_depth: {drop_rate: 1.5}\n",
+            "stochastic_depth.drop_rate",
+            r"`0 <= drop_rate <= 1` must hold, but got 1.5",
+        ),
         ("stochastic_depth: {drop_rate: -0.1}\n", "stochastic_depth.drop_rate", "0 <= drop_rate"),
         ("stochastic_depth: {drop_warmup: 1}\n", "stochastic_depth.drop_warmup", "drop_warmup"),
-        ("dataset: {val_fraction: 1}\n", "dataset.val_fraction",
-         r"`0 < val_fraction < 1` must hold .*but got 1.0"),
+        (
+            "dataset: {val_fraction: 1}\n",
+            "dataset.val_fraction",
+            r"`0 < val_fraction < 1` must hold .*but got 1.0",
+        ),
         ("dataset: {val_fraction: 0}\n", "dataset.val_fraction", r"every epoch reports val_acc"),
         ("dataset: {train_fraction: 0}\n", "dataset.train_fraction", r"0 < train_fraction"),
         ("dataset: {max_train_samples: 0}\n", "dataset.max_train_samples", r">= 1 or null"),
@@ -203,26 +222,47 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, pattern: str) -> None:
         ("train: {lr: 0}\n", "train.lr", r"must be > 0"),
         ("train: {momentum: 1}\n", "train.momentum", r"`0 <= momentum < 1`"),
         ("train: {weight_decay: -0.1}\n", "train.weight_decay", r"must be >= 0"),
-        ("train: {epochs: 3, warmup_epochs: 5}\n", "train.warmup_epochs",
-         r"`0 <= warmup_epochs <= epochs` must hold, but got 5.0 \(epochs=3\)"),
+        (
+            "train: {epochs: 3, warmup_epochs: 5}\n",
+            "train.warmup_epochs",
+            r"`0 <= warmup_epochs <= epochs` must hold, but got 5.0 \(epochs=3\)",
+        ),
         ("resources: {num_workers: 0}\n", "resources.num_workers", r"must be >= 1"),
         ("resources: {cpus_per_worker: 0}\n", "resources.cpus_per_worker", r"must be > 0"),
-        ("resources: {gpus_per_worker: 1}\n", "resources.gpus_per_worker",
-         r"is > 0 but use_gpu is false"),
-        ("resources: {use_gpu: false, gpus_per_worker: 0.5}\n", "resources.gpus_per_worker",
-         r"use_gpu is false"),
-        ("resources: {use_gpu: true, gpus_per_worker: 1.5}\n", "resources.gpus_per_worker",
-         r"a fraction must be at most 1 .* but got 1.5"),
-        ("train: {compile: sometimes}\n", "train.compile",
-         r"must be 'auto' \(compile on CUDA only\), true or false, but got 'sometimes'"),
+        (
+            "resources: {gpus_per_worker: 1}\n",
+            "resources.gpus_per_worker",
+            r"is > 0 but use_gpu is false",
+        ),
+        (
+            "resources: {use_gpu: false, gpus_per_worker: 0.5}\n",
+            "resources.gpus_per_worker",
+            r"use_gpu is false",
+        ),
+        (
+            "resources: {use_gpu: true, gpus_per_worker: 1.5}\n",
+            "resources.gpus_per_worker",
+            r"a fraction must be at most 1 .* but got 1.5",
+        ),
+        (
+            "train: {compile: sometimes}\n",
+            "train.compile",
+            r"must be 'auto' \(compile on CUDA only\), true or false, but got 'sometimes'",
+        ),
         ("train: {nan_check_every: 0}\n", "train.nan_check_every", r"must be >= 1, but got 0"),
         ("dataset: {name: mnist}\n", "dataset.name", r"must be one of 'fashion_mnist', .*'mnist'"),
         ("stochastic_depth: {method: row}\n", "stochastic_depth.method", r"'sample', 'block'"),
-        ("stochastic_depth: {drop_distribution: cosine}\n", "stochastic_depth.drop_distribution",
-         r"must be one of"),
+        (
+            "stochastic_depth: {drop_distribution: cosine}\n",
+            "stochastic_depth.drop_distribution",
+            r"must be one of",
+        ),
         ("stochastic_depth: {sample_impl: gather}\n", "stochastic_depth.sample_impl", "'mask'"),
-        ("stochastic_depth: {target_layer_name: Block}\n", "stochastic_depth.target_layer_name",
-         r"must be one of 'auto'"),
+        (
+            "stochastic_depth: {target_layer_name: Block}\n",
+            "stochastic_depth.target_layer_name",
+            r"must be one of 'auto'",
+        ),
     ],
 )
 def test_impossible_values(tmp_path: Path, text: str, key: str, pattern: str) -> None:
@@ -238,14 +278,23 @@ def test_gpus_per_worker_is_fine_with_use_gpu(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "pattern"),
     [
-        ("model: {family: resnet, depth: 51}\n", "model.depth",
-         r"resnet has depths 18, 34, 50, 101, 152, but got 51"),
-        ("model: {family: cifar_resnet, depth: 21}\n", "model.depth",
-         r"cifar_resnet depth must be 6n\+2 .*but got 21"),
+        (
+            "model: {family: resnet, depth: 51}\n",
+            "model.depth",
+            r"resnet has depths 18, 34, 50, 101, 152, but got 51",
+        ),
+        (
+            "model: {family: cifar_resnet, depth: 21}\n",
+            "model.depth",
+            r"cifar_resnet depth must be 6n\+2 .*but got 21",
+        ),
         ("model: {family: cifar_resnet, depth: 2}\n", "model.depth", r"6n\+2"),
         ("model: {family: wide_resnet, depth: 101}\n", "model.depth", r"wide_resnet has depths 50"),
-        ("model: {family: densenet, depth: 121}\n", "model.family",
-         r"must be one of 'resnet', .*'cifar_resnet', but got 'densenet'"),
+        (
+            "model: {family: densenet, depth: 121}\n",
+            "model.family",
+            r"must be one of 'resnet', .*'cifar_resnet', but got 'densenet'",
+        ),
     ],
 )
 def test_model(tmp_path: Path, text: str, key: str, pattern: str) -> None:
@@ -253,41 +302,79 @@ def test_model(tmp_path: Path, text: str, key: str, pattern: str) -> None:
 
 
 def test_objective_metric_never_reported(tmp_path: Path) -> None:
-    msg = only_problem(tmp_path, """\
+    msg = only_problem(
+        tmp_path,
+        """\
         objectives:
           - {metric: val_acc, mode: max}
           - {metric: accuracy, mode: max}
-        """, "objectives[1].metric", r"'accuracy' is never reported")
+        """,
+        "objectives[1].metric",
+        r"'accuracy' is never reported",
+    )
     assert "val_acc" in msg and "test_acc" in msg
-    only_problem(tmp_path, "objectives: [{metric: val_acc, mode: maximise}]\n",
-                 "objectives[0].mode", r"must be one of 'max', 'min'")
-    only_problem(tmp_path, "objectives: [{metric: val_acc}]\n", "objectives[0]",
-                 r"must be \{metric")
+    only_problem(
+        tmp_path,
+        "objectives: [{metric: val_acc, mode: maximise}]\n",
+        "objectives[0].mode",
+        r"must be one of 'max', 'min'",
+    )
+    only_problem(
+        tmp_path, "objectives: [{metric: val_acc}]\n", "objectives[0]", r"must be \{metric"
+    )
     # test_acc is reported once at the end: a valid objective.
     assert load_space(write(tmp_path, "objectives: [{metric: test_acc, mode: max}]\n"))
 
 
 def test_scheduler_metric_must_be_reported_every_epoch(tmp_path: Path) -> None:
-    only_problem(tmp_path, "search: {scheduler: {metric: test_acc}}\n", "search.scheduler.metric",
-                 r"'test_acc' is not reported every epoch")
-    only_problem(tmp_path, "search: {scheduler: {metric: acc}}\n", "search.scheduler.metric",
-                 r"not reported every epoch; use one of epoch, .*val_acc")
-    only_problem(tmp_path, "search: {scheduler: {kind: hyperband}}\n", "search.scheduler.kind",
-                 r"must be one of 'asha'")
-    only_problem(tmp_path, "search: {scheduler: {grace_period: 0}}\n", "search.scheduler",
-                 r"grace_period >= 1")
-    only_problem(tmp_path, "search: {scheduler: {patience: 3}}\n", "search.scheduler.patience",
-                 r"unknown key")
+    only_problem(
+        tmp_path,
+        "search: {scheduler: {metric: test_acc}}\n",
+        "search.scheduler.metric",
+        r"'test_acc' is not reported every epoch",
+    )
+    only_problem(
+        tmp_path,
+        "search: {scheduler: {metric: acc}}\n",
+        "search.scheduler.metric",
+        r"not reported every epoch; use one of epoch, .*val_acc",
+    )
+    only_problem(
+        tmp_path,
+        "search: {scheduler: {kind: hyperband}}\n",
+        "search.scheduler.kind",
+        r"must be one of 'asha'",
+    )
+    only_problem(
+        tmp_path,
+        "search: {scheduler: {grace_period: 0}}\n",
+        "search.scheduler",
+        r"grace_period >= 1",
+    )
+    only_problem(
+        tmp_path,
+        "search: {scheduler: {patience: 3}}\n",
+        "search.scheduler.patience",
+        r"unknown key",
+    )
     spec = load_space(write(tmp_path, "search: {scheduler: {metric: val_loss, mode: min}}\n"))
     assert spec.search.scheduler is not None and spec.search.scheduler.mode == "min"
 
 
 def test_search_section(tmp_path: Path) -> None:
-    only_problem(tmp_path, "search: {sampler: cmaes}\n", "search.sampler",
-                 r"must be one of 'tpe', 'nsga2', 'random', but got 'cmaes'")
+    only_problem(
+        tmp_path,
+        "search: {sampler: cmaes}\n",
+        "search.sampler",
+        r"must be one of 'tpe', 'nsga2', 'random', but got 'cmaes'",
+    )
     only_problem(tmp_path, "search: {num_samples: 0}\n", "search.num_samples", r">= 1")
-    only_problem(tmp_path, "search: {max_concurrent_trials: 0}\n", "search.max_concurrent_trials",
-                 r">= 1 or null")
+    only_problem(
+        tmp_path,
+        "search: {max_concurrent_trials: 0}\n",
+        "search.max_concurrent_trials",
+        r">= 1 or null",
+    )
     only_problem(tmp_path, "search: {samples: 4}\n", "search.samples", r"unknown key")
     for sampler in ("tpe", "nsga2", "random"):
         assert load_space(write(tmp_path, f"search: {{sampler: {sampler}}}\n")).search.sampler
@@ -299,51 +386,108 @@ def test_search_section(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "key", "pattern"),
     [
-        ("drop_rate: {uniform: [0, 1]}", "space.drop_rate",
-         r"must name a setting as 'section.key'"),
+        (
+            "drop_rate: {uniform: [0, 1]}",
+            "space.drop_rate",
+            r"must name a setting as 'section.key'",
+        ),
         ("sd.drop_rate: {uniform: [0, 1]}", "space.sd.drop_rate", r"'section.key'"),
-        ("stochastic_depth.rate: {uniform: [0, 1]}", "space.stochastic_depth.rate",
-         r"'section.key'"),
+        (
+            "stochastic_depth.rate: {uniform: [0, 1]}",
+            "space.stochastic_depth.rate",
+            r"'section.key'",
+        ),
         ("search.num_samples: {int: [1, 4]}", "space.search.num_samples", r"'section.key'"),
-        ("stochastic_depth.drop_rate: {uniform: [0.7, 0.1]}", "space.stochastic_depth.drop_rate",
-         r"`low <= high` must hold, but got low=0.7, high=0.1"),
-        ("stochastic_depth.drop_rate: {uniform: [0, 1.5]}", "space.stochastic_depth.drop_rate",
-         r"value 1.5: `0 <= drop_rate <= 1` must hold"),
-        ("stochastic_depth.drop_rate: {uniform: [0.1]}", "space.stochastic_depth.drop_rate",
-         r"uniform needs \[low, high\], but got \[0.1\]"),
-        ("stochastic_depth.drop_rate: {uniform: [a, b]}", "space.stochastic_depth.drop_rate",
-         r"uniform needs \[low, high\]"),
+        (
+            "stochastic_depth.drop_rate: {uniform: [0.7, 0.1]}",
+            "space.stochastic_depth.drop_rate",
+            r"`low <= high` must hold, but got low=0.7, high=0.1",
+        ),
+        (
+            "stochastic_depth.drop_rate: {uniform: [0, 1.5]}",
+            "space.stochastic_depth.drop_rate",
+            r"value 1.5: `0 <= drop_rate <= 1` must hold",
+        ),
+        (
+            "stochastic_depth.drop_rate: {uniform: [0.1]}",
+            "space.stochastic_depth.drop_rate",
+            r"uniform needs \[low, high\], but got \[0.1\]",
+        ),
+        (
+            "stochastic_depth.drop_rate: {uniform: [a, b]}",
+            "space.stochastic_depth.drop_rate",
+            r"uniform needs \[low, high\]",
+        ),
         ("train.lr: {loguniform: [0, 0.1]}", "space.train.lr", r"loguniform needs low > 0"),
         ("train.lr: {loguniform: [-1, 0.1]}", "space.train.lr", r"loguniform needs low > 0"),
         ("train.epochs: {int: [1.0, 5.0]}", "space.train.epochs", r"int needs integer bounds"),
         ("train.epochs: {int: [1, 5.5]}", "space.train.epochs", r"int needs integer bounds"),
-        ("train.epochs: {uniform: [1, 5]}", "space.train.epochs",
-         r"train.epochs is an integer; use int: \[low, high\] or choice"),
-        ("stochastic_depth.drop_distribution: {choice: []}",
-         "space.stochastic_depth.drop_distribution", r"choice needs a non-empty list"),
-        ("stochastic_depth.drop_distribution: {choice: linear}",
-         "space.stochastic_depth.drop_distribution", r"choice needs a non-empty list"),
-        ("stochastic_depth.drop_distribution: {choice: [linear, cosine]}",
-         "space.stochastic_depth.drop_distribution", r"value 'cosine': must be one of"),
-        ("stochastic_depth.drop_rate: {normal: [0, 1]}", "space.stochastic_depth.drop_rate",
-         r"a distribution is one of \{uniform\|loguniform\|int\|choice\}"),
-        ("stochastic_depth.drop_rate: {uniform: [0, 1], choice: [0]}",
-         "space.stochastic_depth.drop_rate", r"a distribution is one of"),
-        ("model.depth: {choice: [20, 21]}", "space.model.depth",
-         r"value 21: cifar_resnet depth must be 6n\+2"),
-        ("model.depth: {int: [20, 56]}", "space.model.depth",
-         r"value 21: cifar_resnet depth must be 6n\+2"),  # only the first bad value
+        (
+            "train.epochs: {uniform: [1, 5]}",
+            "space.train.epochs",
+            r"train.epochs is an integer; use int: \[low, high\] or choice",
+        ),
+        (
+            "stochastic_depth.drop_distribution: {choice: []}",
+            "space.stochastic_depth.drop_distribution",
+            r"choice needs a non-empty list",
+        ),
+        (
+            "stochastic_depth.drop_distribution: {choice: linear}",
+            "space.stochastic_depth.drop_distribution",
+            r"choice needs a non-empty list",
+        ),
+        (
+            "stochastic_depth.drop_distribution: {choice: [linear, cosine]}",
+            "space.stochastic_depth.drop_distribution",
+            r"value 'cosine': must be one of",
+        ),
+        (
+            "stochastic_depth.drop_rate: {normal: [0, 1]}",
+            "space.stochastic_depth.drop_rate",
+            r"a distribution is one of \{uniform\|loguniform\|int\|choice\}",
+        ),
+        (
+            "stochastic_depth.drop_rate: {uniform: [0, 1], choice: [0]}",
+            "space.stochastic_depth.drop_rate",
+            r"a distribution is one of",
+        ),
+        (
+            "model.depth: {choice: [20, 21]}",
+            "space.model.depth",
+            r"value 21: cifar_resnet depth must be 6n\+2",
+        ),
+        (
+            "model.depth: {int: [20, 56]}",
+            "space.model.depth",
+            r"value 21: cifar_resnet depth must be 6n\+2",
+        ),  # only the first bad value
         ("model.depth: 21", "space.model.depth", r"value 21: cifar_resnet depth"),  # fixed value
-        ("resources.use_gpu: {uniform: [0, 1]}", "space.resources.use_gpu",
-         r"resources.use_gpu is true or false; use choice: \[\.\.\.\], not uniform"),
-        ("stochastic_depth.method: {int: [0, 1]}", "space.stochastic_depth.method",
-         r"is a string; use choice"),
-        ("resources.use_gpu: {choice: [true, 1]}", "space.resources.use_gpu",
-         r"value 1: must be true or false, but got 1"),
-        ("resources.gpus_per_worker: {choice: [0, 1]}", "space.resources.gpus_per_worker",
-         r"value 1: is > 0 but use_gpu is false"),
-        ("model.family: {choice: [cifar_resnet, densenet]}", "space.model.family",
-         r"value 'densenet': must be one of"),
+        (
+            "resources.use_gpu: {uniform: [0, 1]}",
+            "space.resources.use_gpu",
+            r"resources.use_gpu is true or false; use choice: \[\.\.\.\], not uniform",
+        ),
+        (
+            "stochastic_depth.method: {int: [0, 1]}",
+            "space.stochastic_depth.method",
+            r"is a string; use choice",
+        ),
+        (
+            "resources.use_gpu: {choice: [true, 1]}",
+            "space.resources.use_gpu",
+            r"value 1: must be true or false, but got 1",
+        ),
+        (
+            "resources.gpus_per_worker: {choice: [0, 1]}",
+            "space.resources.gpus_per_worker",
+            r"value 1: is > 0 but use_gpu is false",
+        ),
+        (
+            "model.family: {choice: [cifar_resnet, densenet]}",
+            "space.model.family",
+            r"value 'densenet': must be one of",
+        ),
     ],
 )
 def test_bad_space_entries(tmp_path: Path, entry: str, key: str, pattern: str) -> None:
@@ -351,11 +495,14 @@ def test_bad_space_entries(tmp_path: Path, entry: str, key: str, pattern: str) -
 
 
 def test_space_depths_of_the_family(tmp_path: Path) -> None:
-    err, _ = problems_of(tmp_path, """\
+    err, _ = problems_of(
+        tmp_path,
+        """\
         model: {family: resnet, depth: 50}
         space:
           model.depth: {choice: [50, 51, 101, 150]}
-        """)
+        """,
+    )
     assert err.problems == [
         ("space.model.depth", "value 51: resnet has depths 18, 34, 50, 101, 152, but got 51"),
         ("space.model.depth", "value 150: resnet has depths 18, 34, 50, 101, 152, but got 150"),
@@ -364,28 +511,46 @@ def test_space_depths_of_the_family(tmp_path: Path) -> None:
 
 def test_space_values_must_fit_the_fixed_settings(tmp_path: Path) -> None:
     # A family searched with a fixed depth that one family does not have.
-    only_problem(tmp_path, """\
+    only_problem(
+        tmp_path,
+        """\
         model: {family: cifar_resnet, depth: 20}
         space:
           model.family: {choice: [cifar_resnet, resnet]}
-        """, "space.model.family", r"value 'resnet': makes model.depth invalid: resnet has depths")
+        """,
+        "space.model.family",
+        r"value 'resnet': makes model.depth invalid: resnet has depths",
+    )
     # ... but not when the depth is searched too (the searcher draws both).
-    assert load_space(write(tmp_path, """\
+    assert load_space(
+        write(
+            tmp_path,
+            """\
         model: {family: resnet, depth: 50}
         space:
           model.family: {choice: [resnet, wide_resnet]}
           model.depth: {choice: [50]}
-        """))
+        """,
+        )
+    )
     # Epochs searched below the fixed warmup.
-    only_problem(tmp_path, """\
+    only_problem(
+        tmp_path,
+        """\
         train: {epochs: 10, warmup_epochs: 2}
         space:
           train.epochs: {choice: [1, 10]}
-        """, "space.train.epochs", r"value 1: makes train.warmup_epochs invalid: `0 <= warmup")
+        """,
+        "space.train.epochs",
+        r"value 1: makes train.warmup_epochs invalid: `0 <= warmup",
+    )
 
 
 def test_good_space_entries(tmp_path: Path) -> None:
-    spec = load_space(write(tmp_path, """\
+    spec = load_space(
+        write(
+            tmp_path,
+            """\
         model: {family: resnet, depth: 50}
         space:
           model.depth: {choice: [18, 34, 50, 101, 152]}
@@ -395,12 +560,20 @@ def test_good_space_entries(tmp_path: Path) -> None:
           train.epochs: {int: [1, 5]}
           train.warmup_epochs: 0.5
           train.weight_decay: {choice: [0, 0.0001]}
-        """))
+        """,
+        )
+    )
     assert spec.space["train.warmup_epochs"] == 0.5
     assert spec.space["train.epochs"] == {"int": [1, 5]}
-    assert list(spec.space) == ["model.depth", "stochastic_depth.drop_rate",
-                                "stochastic_depth.method", "train.lr", "train.epochs",
-                                "train.warmup_epochs", "train.weight_decay"]
+    assert list(spec.space) == [
+        "model.depth",
+        "stochastic_depth.drop_rate",
+        "stochastic_depth.method",
+        "train.lr",
+        "train.epochs",
+        "train.warmup_epochs",
+        "train.weight_decay",
+    ]
 
 
 # ----------------------------------------------------------------------------- whole-file problems
@@ -408,14 +581,24 @@ def test_good_space_entries(tmp_path: Path) -> None:
 
 def test_not_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, "train: {epochs: 3\nmodel: [\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 1 problem:\n  is not "
-                                          r"valid YAML") as info:
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(str(path))}: 1 problem:\n  is not "
+        r"valid YAML",
+    ) as info:
         load_space(path)
     assert info.value.problems[0][0] == ""
 
 
-@pytest.mark.parametrize(("text", "got"), [("- a\n- b\n", "a list"), ("just text\n", "a str"),
-                                           ("", "an empty file"), ("# nothing\n", "an empty file")])
+@pytest.mark.parametrize(
+    ("text", "got"),
+    [
+        ("- a\n- b\n", "a list"),
+        ("just text\n", "a str"),
+        ("", "an empty file"),
+        ("# nothing\n", "an empty file"),
+    ],
+)
 def test_not_a_mapping_at_the_top(tmp_path: Path, text: str, got: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=rf"must be a YAML mapping at the top, but got {got}"):
@@ -425,15 +608,21 @@ def test_not_a_mapping_at_the_top(tmp_path: Path, text: str, got: str) -> None:
 def test_not_text(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_bytes(b"\xff\xfe\x00\x81 binary")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 1 problem:\n  cannot be "
-                                          r"read"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(str(path))}: 1 problem:\n  cannot be "
+        r"read",
+    ):
         load_space(path)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 1 problem:\n  no such "
-                                          r"file; pass --space") as info:
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(str(path))}: 1 problem:\n  no such "
+        r"file; pass --space",
+    ) as info:
         load_space(path)
     assert info.value.problems == [("", info.value.problems[0][1])]
     with pytest.raises(ConfigError, match="no such file"):
@@ -441,7 +630,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_several_problems_at_once(tmp_path: Path) -> None:
-    err, path = problems_of(tmp_path, """\
+    err, path = problems_of(
+        tmp_path,
+        """\
         name: five_problems
         colour: blue
         model: {family: resnet, depth: 51}
@@ -451,7 +642,8 @@ def test_several_problems_at_once(tmp_path: Path) -> None:
           stochastic_depth.drop_rate: {uniform: [0.5, 0.1]}
         objectives: [{metric: accuracy, mode: max}]
         search: {sampler: grid}
-        """)
+        """,
+    )
     assert [k for k, _ in err.problems] == [
         "colour",
         "train.lr",
@@ -474,16 +666,26 @@ def test_several_problems_at_once(tmp_path: Path) -> None:
 
 
 def test_overrides_win_over_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         model: {family: cifar_resnet, depth: 20}
         train: {epochs: 10}
         space:
           stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}
-        """)
-    spec = load_space(path, {"train.epochs": 1, "model.depth": 56,
-                             "stochastic_depth.method": parse_value("block"),
-                             "space.stochastic_depth.drop_rate": {"uniform": [0.1, 0.2]},
-                             "storage": "s3://bucket/sd", "search.num_samples": 2})
+        """,
+    )
+    spec = load_space(
+        path,
+        {
+            "train.epochs": 1,
+            "model.depth": 56,
+            "stochastic_depth.method": parse_value("block"),
+            "space.stochastic_depth.drop_rate": {"uniform": [0.1, 0.2]},
+            "storage": "s3://bucket/sd",
+            "search.num_samples": 2,
+        },
+    )
     assert spec.trial.train.epochs == 1
     assert spec.trial.model.depth == 56
     assert spec.trial.stochastic_depth.method == "block"
@@ -496,13 +698,24 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
 
 def test_overrides_are_validated(tmp_path: Path) -> None:
     path = write(tmp_path, "train: {epochs: 10, warmup_epochs: 2}\n")
-    err, _ = problems_of(tmp_path, path.read_text(),
-                         overrides={"train.epochs": 1, "model.depth": 21, "train.epoch": 3,
-                                    "resources.gpus_per_worker": 1,
-                                    "stochastic_depth.drop_rate": parse_value("1e-1x")})
+    err, _ = problems_of(
+        tmp_path,
+        path.read_text(),
+        overrides={
+            "train.epochs": 1,
+            "model.depth": 21,
+            "train.epoch": 3,
+            "resources.gpus_per_worker": 1,
+            "stochastic_depth.drop_rate": parse_value("1e-1x"),
+        },
+    )
     assert {k for k, _ in err.problems} == {
-        "train.epoch", "stochastic_depth.drop_rate", "model.depth", "train.warmup_epochs",
-        "resources.gpus_per_worker"}
+        "train.epoch",
+        "stochastic_depth.drop_rate",
+        "model.depth",
+        "train.warmup_epochs",
+        "resources.gpus_per_worker",
+    }
     with pytest.raises(ConfigError, match=r"trainer: unknown key"):
         load_space(path, {"trainer.epochs": 1})
 
@@ -525,13 +738,16 @@ def test_space_from_dict_source_defaults() -> None:
 
 
 def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
-    err, _ = problems_of(tmp_path, """\
+    err, _ = problems_of(
+        tmp_path,
+        """\
         name: dup
         train: {epochs: 500}
         model: {depth: 20}
         train:
           epochs: 10
-        """)
+        """,
+    )
     assert "found the key 'train' twice in one mapping (first on line 2)" in str(err)
     err, _ = problems_of(tmp_path, "train: {epochs: 5, epochs: 6}\n")
     assert "found the key 'epochs' twice" in str(err)
@@ -561,14 +777,26 @@ def test_a_huge_file_is_not_read(tmp_path: Path) -> None:
 
 def test_long_values_are_refused_and_quoted_in_short(tmp_path: Path) -> None:
     many = ", ".join(["0.1"] * 5000)
-    msg = only_problem(tmp_path, f"space:\n  train.lr: {{choice: [{many}]}}\n",
-                       "space.train.lr", r"choice takes at most 1000 values")
+    msg = only_problem(
+        tmp_path,
+        f"space:\n  train.lr: {{choice: [{many}]}}\n",
+        "space.train.lr",
+        r"choice takes at most 1000 values",
+    )
     assert len(msg) < 300
-    msg = only_problem(tmp_path, f"train: {{lr: '{'x' * 100_000}'}}\n", "train.lr",
-                       r"must be a number, but got 'xxx")
+    msg = only_problem(
+        tmp_path,
+        f"train: {{lr: '{'x' * 100_000}'}}\n",
+        "train.lr",
+        r"must be a number, but got 'xxx",
+    )
     assert len(msg) < 200
-    msg = only_problem(tmp_path, f"dataset: {{root: '{'y' * 5000}'}}\n", "dataset.root",
-                       r"must be at most 4096 characters, but got 5000")
+    msg = only_problem(
+        tmp_path,
+        f"dataset: {{root: '{'y' * 5000}'}}\n",
+        "dataset.root",
+        r"must be at most 4096 characters, but got 5000",
+    )
     assert len(msg) < 200
     path = write(tmp_path, "train:\n" + "".join(f"  k{i}: {i}\n" for i in range(10_000)))
     with pytest.raises(ConfigError) as info:
@@ -578,24 +806,39 @@ def test_long_values_are_refused_and_quoted_in_short(tmp_path: Path) -> None:
     assert len(text.splitlines()) == 22 and text.endswith("  ... and 9980 more")
 
 
-@pytest.mark.parametrize(("text", "key", "pattern"), [
-    ("search: {num_samples: 1000000000000000000000}\n", "search.num_samples",
-     r"must be <= 10000 \(each trial is a full training run\), but got 1000000000000000000000"),
-    ("train: {epochs: 100000000000000000000000, warmup_epochs: 0}\n", "train.epochs",
-     r"must be <= 10000 \("),
-    ("train: {batch_size: 100000000000}\n", "train.batch_size", r"must be <= 65536 \("),
-    ("resources: {num_workers: 100000}\n", "resources.num_workers", r"must be <= 4096 \("),
-    ("train: {seed: -1}\n", "train.seed", r"`0 <= seed < 2\*\*32` must hold, but got -1"),
-    ("search: {seed: 4294967296}\n", "search.seed", r"`0 <= seed < 2\*\*32` must hold"),
-])
+@pytest.mark.parametrize(
+    ("text", "key", "pattern"),
+    [
+        (
+            "search: {num_samples: 1000000000000000000000}\n",
+            "search.num_samples",
+            r"must be <= 10000 \(each trial is a full training run\), "
+            r"but got 1000000000000000000000",
+        ),
+        (
+            "train: {epochs: 100000000000000000000000, warmup_epochs: 0}\n",
+            "train.epochs",
+            r"must be <= 10000 \(",
+        ),
+        ("train: {batch_size: 100000000000}\n", "train.batch_size", r"must be <= 65536 \("),
+        ("resources: {num_workers: 100000}\n", "resources.num_workers", r"must be <= 4096 \("),
+        ("train: {seed: -1}\n", "train.seed", r"`0 <= seed < 2\*\*32` must hold, but got -1"),
+        ("search: {seed: 4294967296}\n", "search.seed", r"`0 <= seed < 2\*\*32` must hold"),
+    ],
+)
 def test_upper_bounds(tmp_path: Path, text: str, key: str, pattern: str) -> None:
     only_problem(tmp_path, text, key, pattern)
 
 
 def test_set_values_that_are_not_yaml() -> None:
-    for text, why in (("[1,", "expected the node content"), ("*x", "found an alias"),
-                      ("!!python/object/apply:os.system ['true']",
-                       "could not determine a constructor for the tag")):
+    for text, why in (
+        ("[1,", "expected the node content"),
+        ("*x", "found an alias"),
+        (
+            "!!python/object/apply:os.system ['true']",
+            "could not determine a constructor for the tag",
+        ),
+    ):
         with pytest.raises(ValueError, match=re.escape(why)):
             parse_value(text)
     with pytest.raises(ValueError, match=r"at most 10000 characters, but got 20000"):
@@ -616,8 +859,10 @@ def test_a_space_with_nothing_to_search_is_named() -> None:
 
     assert "it is empty" in nothing_searched(space_from_dict({}))
     assert "only fixed values" in nothing_searched(space_from_dict({"space": {"train.lr": 0.2}}))
-    assert nothing_searched(space_from_dict(
-        {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}})) is None
+    assert (
+        nothing_searched(space_from_dict({"space": {"train.lr": {"loguniform": [0.01, 0.1]}}}))
+        is None
+    )
 
 
 def test_the_old_method_key_still_works_with_a_note(tmp_path: Path) -> None:
@@ -625,18 +870,26 @@ def test_the_old_method_key_still_works_with_a_note(tmp_path: Path) -> None:
     is read, in the section, in `space` and in --set, with a RenamedKey note."""
     from sd_tune.config import RenamedKey
 
-    with pytest.warns(RenamedKey, match=r"`stochastic_depth.method` is the old name of "
-                                        r"`stochastic_depth.stochastic_method`"):
+    with pytest.warns(
+        RenamedKey,
+        match=r"`stochastic_depth.method` is the old name of "
+        r"`stochastic_depth.stochastic_method`",
+    ):
         spec = load_space(write(tmp_path, "stochastic_depth: {method: block}\n"))
     assert spec.trial.stochastic_depth.stochastic_method == "block"
     with pytest.warns(RenamedKey):
-        spec = load_space(write(tmp_path, "space:\n  stochastic_depth.method: "
-                                          "{choice: [sample, block]}\n"))
+        spec = load_space(
+            write(tmp_path, "space:\n  stochastic_depth.method: {choice: [sample, block]}\n")
+        )
     assert spec.space == {"stochastic_depth.method": {"choice": ["sample", "block"]}}
     with pytest.warns(RenamedKey):
-        only_problem(tmp_path, "stochastic_depth: {method: block, stochastic_method: sample}\n",
-                     "stochastic_depth.method", r"name one setting; keep "
-                                                r"stochastic_depth.stochastic_method")
+        only_problem(
+            tmp_path,
+            "stochastic_depth: {method: block, stochastic_method: sample}\n",
+            "stochastic_depth.method",
+            r"name one setting; keep "
+            r"stochastic_depth.stochastic_method",
+        )
 
 
 def test_cli_prints_the_rename_as_one_note(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -645,5 +898,7 @@ def test_cli_prints_the_rename_as_one_note(tmp_path: Path, capsys: pytest.Captur
     path = write(tmp_path, "stochastic_depth: {method: block}\n")
     assert main(["validate", "--space", str(path)]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("sd-tune: note: `stochastic_depth.method` is the old name") and \
-        err.count("\n") == 1, err
+    assert (
+        err.startswith("sd-tune: note: `stochastic_depth.method` is the old name")
+        and err.count("\n") == 1
+    ), err

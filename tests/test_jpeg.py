@@ -61,8 +61,11 @@ def write_folder(root: Path, classes: int = 2, per_class: int = 5) -> None:
                     Image.fromarray(arr).save(buf, "PNG")
                     data = buf.getvalue()
                 else:
-                    data = jpeg_bytes(arr, {"gray": "L", "cmyk": "CMYK"}.get(kind, "RGB"),
-                                      progressive=kind == "progressive")
+                    data = jpeg_bytes(
+                        arr,
+                        {"gray": "L", "cmyk": "CMYK"}.get(kind, "RGB"),
+                        progressive=kind == "progressive",
+                    )
                 (d / f"img_{i}.JPEG").write_bytes(data)
                 k += 1
 
@@ -131,8 +134,9 @@ def test_eval_view_matches_pil(tmp_path: Path) -> None:
 def test_device_loaders_on_cpu(tmp_path: Path) -> None:
     write_folder(tmp_path)
     splits = load_splits("imagenet", root=tmp_path, image_size=32, val_fraction=0.2)
-    train, val, test = make_loaders(splits, batch_size=4, decode="device", num_workers=1,
-                                    channels_last=True)
+    train, val, test = make_loaders(
+        splits, batch_size=4, decode="device", num_workers=1, channels_last=True
+    )
     assert all(isinstance(x, DeviceDecodeLoader) for x in (train, val, test))
     assert len(train) == 2 and train.num_samples == 8 and test.num_samples == 10
     batches = list(train)
@@ -158,8 +162,10 @@ def test_device_loaders_on_cpu(tmp_path: Path) -> None:
 def test_two_ranks_share_the_data(tmp_path: Path) -> None:
     write_folder(tmp_path)
     splits = load_splits("imagenet", root=tmp_path, image_size=24, val_fraction=0.2)
-    ranks = [make_loaders(splits, batch_size=2, decode="device", rank=r, world_size=2,
-                          num_workers=0) for r in (0, 1)]
+    ranks = [
+        make_loaders(splits, batch_size=2, decode="device", rank=r, world_size=2, num_workers=0)
+        for r in (0, 1)
+    ]
     assert len(ranks[0][0]) == len(ranks[1][0]) == 2
     seen = sorted(i for r in ranks for i in r[2].sampler)
     assert seen == list(range(10))
@@ -170,8 +176,9 @@ def test_decoder_choice(tmp_path: Path) -> None:
     splits = load_splits("imagenet", root=tmp_path, image_size=24, val_fraction=0.3)
     auto = make_loaders(splits, batch_size=2, num_workers=0)  # CPU: PIL
     assert all(isinstance(x, TorchLoader) for x in auto)
-    with pytest.raises(ValueError, match=re.escape(
-            "`decode` must be one of auto, pil, device, but got 'nvjpeg'")):
+    with pytest.raises(
+        ValueError, match=re.escape("`decode` must be one of auto, pil, device, but got 'nvjpeg'")
+    ):
         make_loaders(splits, batch_size=2, num_workers=0, decode="nvjpeg")
 
 

@@ -37,8 +37,14 @@ def _prepared(name: str) -> dict:
 
 
 def _commands(config: dict) -> list[str]:
-    keys = ("initialization_commands", "setup_commands", "head_setup_commands",
-            "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
     return [c for k in keys for c in config.get(k) or []]
 
 
@@ -49,9 +55,18 @@ def test_cluster_config_passes_ray_validation(name):
     raw = _load(name)
     validate_config(_prepared(name))
     # prepare_config only adds defaults: everything that matters is in the file itself
-    for key in ("cluster_name", "max_workers", "provider", "auth", "available_node_types",
-                "head_node_type", "file_mounts", "setup_commands", "head_start_ray_commands",
-                "worker_start_ray_commands"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "auth",
+        "available_node_types",
+        "head_node_type",
+        "file_mounts",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
         assert key in raw, key
 
 
@@ -61,8 +76,11 @@ def test_cluster_config_nodes(name):
     types_ = config["available_node_types"]
     head = types_[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0
-    gpu_types = {k: v for k, v in types_.items()
-                 if k != config["head_node_type"] and v["resources"].get("GPU", 0) > 0}
+    gpu_types = {
+        k: v
+        for k, v in types_.items()
+        if k != config["head_node_type"] and v["resources"].get("GPU", 0) > 0
+    }
     assert gpu_types, "no GPU worker node type"
     r = IMAGENET["resources"]
     for key, t in gpu_types.items():
@@ -87,7 +105,7 @@ def test_cluster_config_installs_sd_tune_from_the_mounted_repo(name):
     torch = [i for i, c in enumerate(setup) if "pip install" in c and "torch==" in c]
     assert install and torch and torch[0] < install[0]
     for key in ("head_setup_commands", "worker_setup_commands"):  # setup_commands run on both
-        assert config[key][:len(setup)] == setup
+        assert config[key][: len(setup)] == setup
 
 
 @pytest.mark.parametrize("name", sorted(CLUSTER_CONFIGS))
@@ -141,9 +159,13 @@ def test_kuberay_rayjob():
 
 # What a schema check cannot see ----------------------------------------------------------------
 
+
 def _statement(policy: dict, action: str) -> dict:
-    found = [st for st in policy["Statement"] if action in (
-        st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+    found = [
+        st
+        for st in policy["Statement"]
+        if action in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+    ]
     assert len(found) == 1, action
     return found[0]
 
@@ -163,15 +185,19 @@ def test_aws_iam_lets_the_head_start_workers_with_their_profile():
     assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     head_policy = json.loads((iam / "head-policy.json").read_text())
     worker_policy = json.loads((iam / "worker-policy.json").read_text())
-    assert _statement(head_policy, "iam:PassRole")["Resource"] == \
-        "arn:aws:iam::*:role/sd-tune-worker"
+    assert (
+        _statement(head_policy, "iam:PassRole")["Resource"] == "arn:aws:iam::*:role/sd-tune-worker"
+    )
     # EC2 resolves resolve:ssm: ImageIds with the caller's rights: the head's, for workers
     ssm = _statement(head_policy, "ssm:GetParameters")["Resource"]
     assert worker["ImageId"].startswith("resolve:ssm:/aws/service/deeplearning/")
-    assert re.fullmatch(ssm.replace("*", ".*"), "arn:aws:ssm:us-west-2::parameter"
-                        + worker["ImageId"].removeprefix("resolve:ssm:"))
-    bucket = re.search(r"SD_TUNE_STORAGE=s3://([^/\s']+)",
-                       " ".join(config["setup_commands"])).group(1)
+    assert re.fullmatch(
+        ssm.replace("*", ".*"),
+        "arn:aws:ssm:us-west-2::parameter" + worker["ImageId"].removeprefix("resolve:ssm:"),
+    )
+    bucket = re.search(
+        r"SD_TUNE_STORAGE=s3://([^/\s']+)", " ".join(config["setup_commands"])
+    ).group(1)
     for policy in (head_policy, worker_policy):  # both write results and checkpoints
         assert _statement(policy, "s3:PutObject")["Resource"] == f"arn:aws:s3:::{bucket}/*"
         assert _statement(policy, "s3:ListBucket")["Resource"] == f"arn:aws:s3:::{bucket}"
@@ -184,12 +210,15 @@ def test_aws_ami_is_resolved_by_ec2_and_ray_keeps_it():
     config = _prepared("aws-gpu.yaml")
     ids = {k: t["node_config"]["ImageId"] for k, t in config["available_node_types"].items()}
     assert len(set(ids.values())) == 1
-    assert next(iter(ids.values())) == ("resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
-                                        "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
+    assert next(iter(ids.values())) == (
+        "resolve:ssm:/aws/service/deeplearning/ami/x86_64/"
+        "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+    )
     checked = copy.deepcopy(config)
     _check_ami(checked)  # Ray's own check: keeps an ImageId it does not know
-    assert {k: t["node_config"]["ImageId"]
-            for k, t in checked["available_node_types"].items()} == ids
+    assert {
+        k: t["node_config"]["ImageId"] for k, t in checked["available_node_types"].items()
+    } == ids
 
 
 def test_gcp_image_has_a_driver_for_torchs_cuda():
@@ -204,10 +233,13 @@ def test_gcp_image_has_a_driver_for_torchs_cuda():
     assert "torch==2.14.1" in (ROOT / "scripts" / "setup.sh").read_text()
 
 
-@pytest.mark.parametrize(("name", "placeholder", "value"), [
-    ("aws-gpu.yaml", "EFS=fs-XXXXXXXX", "EFS=fs-0123abcd"),
-    ("gcp-gpu.yaml", "NFS=FILESTORE_IP:/imagenet", "NFS=10.0.0.2:/imagenet"),
-])
+@pytest.mark.parametrize(
+    ("name", "placeholder", "value"),
+    [
+        ("aws-gpu.yaml", "EFS=fs-XXXXXXXX", "EFS=fs-0123abcd"),
+        ("gcp-gpu.yaml", "NFS=FILESTORE_IP:/imagenet", "NFS=10.0.0.2:/imagenet"),
+    ],
+)
 def test_data_mount_is_on_and_refuses_its_placeholder(name, placeholder, value, tmp_path):
     """The mount command runs (with sudo and mountpoint replaced by stand-ins): it stops
     with a message while the placeholder is there, and mounts at imagenet.yaml's root."""
@@ -215,11 +247,14 @@ def test_data_mount_is_on_and_refuses_its_placeholder(name, placeholder, value, 
     mounts = [c for c in config["setup_commands"] if "mount -t nfs" in c]
     assert len(mounts) == 1 and placeholder in mounts[0]
     root = IMAGENET["dataset"]["root"]
-    stubs = "sudo() { echo \"sudo $*\"; }; mountpoint() { return 1; }; "
+    stubs = 'sudo() { echo "sudo $*"; }; mountpoint() { return 1; }; '
     done = subprocess.run(["bash", "-c", stubs + mounts[0]], capture_output=True, text=True)
     assert done.returncode == 1 and f"launch/{name}: put your" in done.stderr
-    done = subprocess.run(["bash", "-c", stubs + mounts[0].replace(placeholder, value)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["bash", "-c", stubs + mounts[0].replace(placeholder, value)],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     mount = done.stdout.splitlines()[-1].split()
     assert mount[:3] == ["sudo", "mount", "-t"] and mount[-1] == root
@@ -228,8 +263,12 @@ def test_data_mount_is_on_and_refuses_its_placeholder(name, placeholder, value, 
 
 # Allocatable memory (GiB) of the machines the RayJob's comments name: the machine's memory
 # less GKE's reservation (a2/a3) or EKS's kube-reserved (p4d/p5), rounded down.
-ALLOCATABLE_GIB = {"a2-highgpu-8g": 614, "a3-highgpu-8g": 1700, "p4d.24xlarge": 1100,
-                   "p5.48xlarge": 1950}
+ALLOCATABLE_GIB = {
+    "a2-highgpu-8g": 614,
+    "a3-highgpu-8g": 1700,
+    "p4d.24xlarge": 1100,
+    "p5.48xlarge": 1950,
+}
 
 
 def _gib(quantity: str) -> float:
@@ -251,9 +290,12 @@ def test_kuberay_pods_fit_the_machines_and_share_the_volume():
         # the memory-backed /dev/shm counts against the limit too
         shm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
         assert _gib(shm) < memory <= min(ALLOCATABLE_GIB.values()) - 10
-    claims = {v["persistentVolumeClaim"]["claimName"]
-              for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-              for v in spec["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        for v in spec["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     pvc = yaml.safe_load((LAUNCH / "kuberay-imagenet-pvc.yaml").read_text())
     assert pvc["kind"] == "PersistentVolumeClaim" and claims == {pvc["metadata"]["name"]}
     assert set(pvc["spec"]["accessModes"]) <= {"ReadWriteMany", "ReadOnlyMany"}
@@ -263,8 +305,9 @@ def test_kuberay_pods_fit_the_machines_and_share_the_volume():
 def test_dockerfile_builds_what_the_rayjob_runs():
     docker = (ROOT / "Dockerfile").read_text()
     lines = [ln for ln in docker.splitlines() if ln and not ln.startswith("#")]
-    ray_pin = re.search(r'ray\[default,tune,train\]>=([\d.]+)', (ROOT / "pyproject.toml")
-                        .read_text()).group(1)
+    ray_pin = re.search(
+        r"ray\[default,tune,train\]>=([\d.]+)", (ROOT / "pyproject.toml").read_text()
+    ).group(1)
     assert lines[0] == f"FROM rayproject/ray:{ray_pin}.0-py311-gpu"
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     for pin in re.findall(r'"(torch(?:vision)?==[\d.]+)"', setup):
@@ -280,13 +323,20 @@ def test_dockerfile_builds_what_the_rayjob_runs():
 
 # submit.sh ------------------------------------------------------------------------------------
 
+
 def _submit(args, tmp_path, **env_extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "SD_TUNE_")) and k != "RAY"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SD_TUNE_")) and k != "RAY"
+    }
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token unless a test makes one
     env.update(env_extra)
-    return subprocess.run(["bash", str(LAUNCH / "submit.sh"), *args], env=env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", str(LAUNCH / "submit.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_submit_sh_syntax_and_help(tmp_path):
@@ -312,14 +362,20 @@ def test_submit_sh_needs_shared_storage(tmp_path):
 def test_submit_sh_submits_a_ray_job(tmp_path, token):
     fake = tmp_path / "ray"
     out = tmp_path / "args"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {out}\n'
-                    f'echo "${{RAY_AUTH_MODE:-}}" > {out}.mode\n')
+    fake.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {out}\necho "${{RAY_AUTH_MODE:-}}" > {out}.mode\n'
+    )
     fake.chmod(0o755)
     if token:
         (tmp_path / ".ray").mkdir()
         (tmp_path / ".ray" / "auth_token").write_text("secret")
-    done = _submit(["--set", "train.epochs=1"], tmp_path, RAY=str(fake),
-                   RAY_ADDRESS="http://127.0.0.1:8265", SD_TUNE_STORAGE="s3://b/p")
+    done = _submit(
+        ["--set", "train.epochs=1"],
+        tmp_path,
+        RAY=str(fake),
+        RAY_ADDRESS="http://127.0.0.1:8265",
+        SD_TUNE_STORAGE="s3://b/p",
+    )
     assert done.returncode == 0, done.stderr
     args = out.read_text().splitlines()
     job_id = args[args.index("--submission-id") + 1]
@@ -328,10 +384,15 @@ def test_submit_sh_submits_a_ray_job(tmp_path, token):
     assert "--no-wait" in args and args[args.index("--working-dir") + 1] == "."
     runtime_env = json.loads(args[args.index("--runtime-env-json") + 1])
     assert runtime_env["excludes"]
-    assert args[args.index("--") + 1:] == ["sd-tune", "launch"]
+    assert args[args.index("--") + 1 :] == ["sd-tune", "launch"]
     assert json.loads(runtime_env["env_vars"]["SD_TUNE_JOB_ARGS"]) == [
-        "--space", "search_spaces/imagenet.yaml", "--storage", "s3://b/p", "--set",
-        "train.epochs=1"]
+        "--space",
+        "search_spaces/imagenet.yaml",
+        "--storage",
+        "s3://b/p",
+        "--set",
+        "train.epochs=1",
+    ]
     assert runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "120"
     assert f"job id: {job_id}" in done.stdout
     assert f"ray job logs -f {job_id}" in done.stdout
@@ -346,8 +407,13 @@ def test_submit_sh_prints_the_ray_cli_it_ran(tmp_path):
     fake = bin_dir / "ray"
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
-    done = _submit(["--storage", "s3://b/p"], tmp_path, RAY=str(fake),
-                   RAY_ADDRESS="http://127.0.0.1:8265", SD_TUNE_JOB_ID="j1")
+    done = _submit(
+        ["--storage", "s3://b/p"],
+        tmp_path,
+        RAY=str(fake),
+        RAY_ADDRESS="http://127.0.0.1:8265",
+        SD_TUNE_JOB_ID="j1",
+    )
     assert done.returncode == 0, done.stderr
     for verb in ("logs -f", "status", "stop"):
         assert f"RAY_ADDRESS=http://127.0.0.1:8265 {fake} job {verb} j1" in done.stdout
@@ -376,10 +442,21 @@ def test_submit_sh_runs_no_value_as_a_command(tmp_path, join):
     fake.chmod(0o755)
     marker, tick = tmp_path / "marker", tmp_path / "tick"
     bin_dir = Path(sys.executable).parent  # the real sd-tune
-    done = _submit(["--space", "search_spaces/smoke.yaml", "--set",
-                    f"train.epochs=$(touch {marker})", "--name", f"x`touch {tick}`"], tmp_path,
-                   RAY=str(fake), RAY_ADDRESS="http://127.0.0.1:8265", SD_TUNE_STORAGE="s3://b/p",
-                   PATH=f"{bin_dir}:{os.environ['PATH']}")
+    done = _submit(
+        [
+            "--space",
+            "search_spaces/smoke.yaml",
+            "--set",
+            f"train.epochs=$(touch {marker})",
+            "--name",
+            f"x`touch {tick}`",
+        ],
+        tmp_path,
+        RAY=str(fake),
+        RAY_ADDRESS="http://127.0.0.1:8265",
+        SD_TUNE_STORAGE="s3://b/p",
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+    )
     assert not marker.exists() and not tick.exists()
     # sd-tune got the values as they were typed, and refused them as values
     assert done.returncode == 2, done.stdout + done.stderr
@@ -395,8 +472,9 @@ def test_submit_sh_makes_the_token_private(tmp_path):
     token = tmp_path / ".ray" / "auth_token"
     token.write_text("secret")
     token.chmod(0o644)  # as Ray 2.60 writes it
-    done = _submit(["--storage", "s3://b/p"], tmp_path, RAY=str(fake),
-                   RAY_ADDRESS="http://127.0.0.1:8265")
+    done = _submit(
+        ["--storage", "s3://b/p"], tmp_path, RAY=str(fake), RAY_ADDRESS="http://127.0.0.1:8265"
+    )
     assert done.returncode == 0, done.stderr
     assert token.stat().st_mode & 0o777 == 0o600
 
@@ -406,11 +484,14 @@ def test_a_job_reads_its_arguments_as_data(monkeypatch, capsys):
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["sd-tune", "validate"])
-    monkeypatch.setenv("SD_TUNE_JOB_ARGS", json.dumps(
-        ["--space", "search_spaces/smoke.yaml", "--set", "search.num_samples=$(reboot)"]))
+    monkeypatch.setenv(
+        "SD_TUNE_JOB_ARGS",
+        json.dumps(
+            ["--space", "search_spaces/smoke.yaml", "--set", "search.num_samples=$(reboot)"]
+        ),
+    )
     assert main() == 2
-    assert "search.num_samples: must be an integer, but got '$(reboot)'" in \
-        capsys.readouterr().err
+    assert "search.num_samples: must be an integer, but got '$(reboot)'" in capsys.readouterr().err
     monkeypatch.setenv("SD_TUNE_JOB_ARGS", "--space x")
     assert main() == 2
     assert "$SD_TUNE_JOB_ARGS must be a JSON list of strings" in capsys.readouterr().err
@@ -418,10 +499,12 @@ def test_a_job_reads_its_arguments_as_data(monkeypatch, capsys):
 
 # ray_submit_entry.py --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def entry():
-    spec = importlib.util.spec_from_file_location("ray_submit_entry",
-                                                  LAUNCH / "ray_submit_entry.py")
+    spec = importlib.util.spec_from_file_location(
+        "ray_submit_entry", LAUNCH / "ray_submit_entry.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -435,15 +518,32 @@ def test_entry_knows_the_cli_subcommands(entry):
 def test_entry_builds_the_sd_tune_arguments(entry):
     env = {"SD_TUNE_STORAGE": "s3://b/p"}
     assert entry.build_argv(["--space", "search_spaces/imagenet.yaml"], env) == [
-        "launch", "--space", "search_spaces/imagenet.yaml", "--address", "auto",
-        "--storage", "s3://b/p"]
+        "launch",
+        "--space",
+        "search_spaces/imagenet.yaml",
+        "--address",
+        "auto",
+        "--storage",
+        "s3://b/p",
+    ]
     assert entry.build_argv([], {}) == ["launch", "--address", "auto"]
-    assert entry.build_argv(["launch", "--storage=gs://x", "--address", "ray://h:10001"],
-                            env) == ["launch", "--storage=gs://x", "--address", "ray://h:10001"]
+    assert entry.build_argv(["launch", "--storage=gs://x", "--address", "ray://h:10001"], env) == [
+        "launch",
+        "--storage=gs://x",
+        "--address",
+        "ray://h:10001",
+    ]
     assert entry.build_argv(["resume", "s3://b/p/imagenet"], env) == [
-        "resume", "s3://b/p/imagenet", "--address", "auto"]
+        "resume",
+        "s3://b/p/imagenet",
+        "--address",
+        "auto",
+    ]
     assert entry.build_argv(["validate", "--space", "x.yaml"], env) == [
-        "validate", "--space", "x.yaml"]
+        "validate",
+        "--space",
+        "x.yaml",
+    ]
 
 
 def test_entry_main_runs_the_cli_from_the_repo(entry, tmp_path, monkeypatch):
@@ -461,5 +561,7 @@ def test_entry_main_runs_the_cli_from_the_repo(entry, tmp_path, monkeypatch):
     monkeypatch.setenv("SD_TUNE_HOME", str(tmp_path))
     monkeypatch.delenv("SD_TUNE_STORAGE", raising=False)
     assert entry.main(["--space", "search_spaces/smoke.yaml"]) == 0
-    assert seen == {"argv": ["launch", "--space", "search_spaces/smoke.yaml", "--address",
-                             "auto"], "cwd": tmp_path.resolve()}
+    assert seen == {
+        "argv": ["launch", "--space", "search_spaces/smoke.yaml", "--address", "auto"],
+        "cwd": tmp_path.resolve(),
+    }

@@ -16,11 +16,24 @@ import pytest
 from sd_tune.config import TrialConfig, space_from_dict
 
 # The trial tests train on Ray; the resource and storage checks below are plain functions.
-real_trial = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                reason="needs Debian's dataset-fashion-mnist")
+real_trial = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="needs Debian's dataset-fashion-mnist",
+)
 
-EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5",
-              "train_time_s", "wall_time_s", "images_per_s", "lr", "expected_depth")
+EPOCH_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_acc5",
+    "train_time_s",
+    "wall_time_s",
+    "images_per_s",
+    "lr",
+    "expected_depth",
+)
 
 
 def trial(**sets: object) -> TrialConfig:
@@ -90,12 +103,14 @@ def test_shuffled_labels_stay_near_chance(ray_session: None, tmp_path: Path) -> 
 @pytest.mark.slow
 @real_trial
 @pytest.mark.parametrize("method", ["sample", "block"])
-def test_ranks_hold_identical_parameters(ray_session: None, tmp_path: Path,
-                                         method: str) -> None:
+def test_ranks_hold_identical_parameters(ray_session: None, tmp_path: Path, method: str) -> None:
     from sd_tune.ray_train import fit_trial, run_dir
 
-    t = trial(stochastic_depth__method=method, train__max_steps_per_epoch=3,
-              dataset__max_train_samples=1024)
+    t = trial(
+        stochastic_depth__method=method,
+        train__max_steps_per_epoch=3,
+        dataset__max_train_samples=1024,
+    )
     fit_trial(t, storage=str(tmp_path), name=method)
     (m,) = read_metrics(run_dir(str(tmp_path), method))
     checksums = m["param_checksums"]
@@ -104,8 +119,9 @@ def test_ranks_hold_identical_parameters(ray_session: None, tmp_path: Path,
 
 @pytest.mark.slow
 @real_trial
-def test_killed_worker_is_restarted_and_every_epoch_reported(ray_session: None,
-                                                             tmp_path: Path) -> None:
+def test_killed_worker_is_restarted_and_every_epoch_reported(
+    ray_session: None, tmp_path: Path
+) -> None:
     import ray
 
     from sd_tune.ray_train import fit_trial, run_dir

@@ -31,11 +31,23 @@ FAIL_REASON = "FloatingPointError: non-finite training loss at epoch 2"
 LONG_ID = "train_trial_" + "x" * 70 + "/odd name"
 
 
-def rec(trial_id: str, status: str, final: dict[str, Any] | None = None, *,
-        params: dict[str, Any] | None = None, history: list[dict] | None = None,
-        error: str | None = None) -> dict[str, Any]:
-    return {"trial_id": trial_id, "status": status, "final": final or {},
-            "params": params or {}, "history": history or [], "error": error}
+def rec(
+    trial_id: str,
+    status: str,
+    final: dict[str, Any] | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    history: list[dict] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "final": final or {},
+        "params": params or {},
+        "history": history or [],
+        "error": error,
+    }
 
 
 def at(acc: float, secs: float, **more: float) -> dict[str, float]:
@@ -50,14 +62,14 @@ def ids(records: list[dict]) -> list[str]:
 TABLE = [
     rec("A", "completed", at(0.90, 100)),
     rec("B", "completed", at(0.85, 60)),
-    rec("C", "completed", at(0.85, 80)),         # B: same accuracy, faster
-    rec("D", "completed", at(0.80, 60)),         # B: same time, more accurate
+    rec("C", "completed", at(0.85, 80)),  # B: same accuracy, faster
+    rec("D", "completed", at(0.80, 60)),  # B: same time, more accurate
     rec("E", "completed", at(0.70, 30)),
-    rec("F", "completed", at(0.90, 100)),        # a tie with A: both kept
-    rec("G", "stopped_early", at(0.95, 20)),     # would dominate everything
+    rec("F", "completed", at(0.90, 100)),  # a tie with A: both kept
+    rec("G", "stopped_early", at(0.95, 20)),  # would dominate everything
     rec("H", "failed", at(0.99, 10), error=FAIL_REASON),
-    rec("I", "completed", at(math.nan, 5)),      # NaN: no value
-    rec("J", "completed", {"val_acc": 0.99}),    # no train_time_s
+    rec("I", "completed", at(math.nan, 5)),  # NaN: no value
+    rec("J", "completed", {"val_acc": 0.99}),  # no train_time_s
     rec("K", "running", at(0.5, 5)),
     rec("L", "pending"),
 ]
@@ -74,32 +86,43 @@ def test_pareto_max_min_keeps_ties_drops_dominated_and_partial_trials() -> None:
 
 
 def test_pareto_front_only_from_completed_trials_even_if_others_dominate() -> None:
-    table = [rec("slow", "completed", at(0.80, 100)),
-             rec("early", "stopped_early", at(0.90, 10)),
-             rec("broken", "failed", at(0.95, 5)),
-             rec("live", "running", at(0.99, 1))]
+    table = [
+        rec("slow", "completed", at(0.80, 100)),
+        rec("early", "stopped_early", at(0.90, 10)),
+        rec("broken", "failed", at(0.95, 5)),
+        rec("live", "running", at(0.99, 1)),
+    ]
     assert ids(pareto_front(table, ACC_TIME)) == ["slow"]
     assert pareto_front([r for r in table if r["status"] != "completed"], ACC_TIME) == []
     assert pareto_front([], ACC_TIME) == []
 
 
 def test_pareto_three_objectives() -> None:
-    objectives = [Objective("val_acc", "max"), Objective("train_time_s", "min"),
-                  Objective("images_per_s", "max")]
-    table = [rec("p", "completed", at(0.9, 100, images_per_s=500)),
-             rec("q", "completed", at(0.8, 50, images_per_s=400)),
-             rec("r", "completed", at(0.8, 60, images_per_s=900)),  # faster images than q
-             rec("s", "completed", at(0.8, 60, images_per_s=800)),  # r
-             rec("t", "completed", at(0.7, 50, images_per_s=400)),  # q
-             rec("u", "completed", at(0.9, 120, images_per_s=600)),  # faster images than p
-             rec("v", "completed", at(0.99, 1))]                     # no images_per_s
+    objectives = [
+        Objective("val_acc", "max"),
+        Objective("train_time_s", "min"),
+        Objective("images_per_s", "max"),
+    ]
+    table = [
+        rec("p", "completed", at(0.9, 100, images_per_s=500)),
+        rec("q", "completed", at(0.8, 50, images_per_s=400)),
+        rec("r", "completed", at(0.8, 60, images_per_s=900)),  # faster images than q
+        rec("s", "completed", at(0.8, 60, images_per_s=800)),  # r
+        rec("t", "completed", at(0.7, 50, images_per_s=400)),  # q
+        rec("u", "completed", at(0.9, 120, images_per_s=600)),  # faster images than p
+        rec("v", "completed", at(0.99, 1)),
+    ]  # no images_per_s
     assert ids(pareto_front(table, objectives)) == ["p", "u", "q", "r"]
     assert ids(pareto_front(table[:-1], ACC_TIME)) == ["p", "q"]
 
 
 def test_pareto_single_objective_is_the_argmax_with_ties() -> None:
-    table = [rec("a", "completed", at(0.90, 10)), rec("b", "completed", at(0.95, 30)),
-             rec("c", "completed", at(0.95, 20)), rec("d", "failed", at(0.99, 5))]
+    table = [
+        rec("a", "completed", at(0.90, 10)),
+        rec("b", "completed", at(0.95, 30)),
+        rec("c", "completed", at(0.95, 20)),
+        rec("d", "failed", at(0.99, 5)),
+    ]
     assert ids(pareto_front(table, [Objective("val_acc", "max")])) == ["b", "c"]
     assert ids(pareto_front(table, [Objective("train_time_s", "min")])) == ["a"]
     assert ids(pareto_front(table, [("val_acc", "max")])) == ["b", "c"]
@@ -121,8 +144,10 @@ def test_pareto_rejects_bad_objectives_and_records() -> None:
 
 
 def epochs(*points: tuple[float, float]) -> list[dict[str, float]]:
-    return [{"epoch": i + 1, "train_time_s": t, "val_acc": a, "wall_time_s": t + 1}
-            for i, (t, a) in enumerate(points)]
+    return [
+        {"epoch": i + 1, "train_time_s": t, "val_acc": a, "wall_time_s": t + 1}
+        for i, (t, a) in enumerate(points)
+    ]
 
 
 TTA_TABLE = [
@@ -135,21 +160,31 @@ TTA_TABLE = [
 
 def test_time_to_accuracy_step_function_over_every_epoch_of_every_trial() -> None:
     points = time_to_accuracy(TTA_TABLE)
-    expected = [(5, 0.30, "b", 1),   # the stopped-early trial's first epoch
-                (10, 0.40, "a", 1),  # c reaches 0.40 at 12: no strict improvement
-                (15, 0.60, "b", 2),
-                (20, 0.65, "c", 2),  # a also reports at 20 (0.55): the better one is kept
-                (30, 0.70, "a", 3),  # b's 0.58 at 25 is no improvement; c's NaN is skipped
-                (40, 0.72, "a", 4)]
+    expected = [
+        (5, 0.30, "b", 1),  # the stopped-early trial's first epoch
+        (10, 0.40, "a", 1),  # c reaches 0.40 at 12: no strict improvement
+        (15, 0.60, "b", 2),
+        (20, 0.65, "c", 2),  # a also reports at 20 (0.55): the better one is kept
+        (30, 0.70, "a", 3),  # b's 0.58 at 25 is no improvement; c's NaN is skipped
+        (40, 0.72, "a", 4),
+    ]
     assert [(p["time_s"], p["val_acc"], p["trial_id"], p["epoch"]) for p in points] == expected
     assert time_to_accuracy(TTA_TABLE[::-1]) == points
     assert time_to_accuracy([]) == []
 
 
 def test_time_to_accuracy_other_metric_and_mode() -> None:
-    table = [rec("a", "completed", history=[{"epoch": 1, "wall_time_s": 3, "val_loss": 2.0},
-                                            {"epoch": 2, "wall_time_s": 6, "val_loss": 2.5},
-                                            {"epoch": 3, "wall_time_s": 9, "val_loss": 1.0}])]
+    table = [
+        rec(
+            "a",
+            "completed",
+            history=[
+                {"epoch": 1, "wall_time_s": 3, "val_loss": 2.0},
+                {"epoch": 2, "wall_time_s": 6, "val_loss": 2.5},
+                {"epoch": 3, "wall_time_s": 9, "val_loss": 1.0},
+            ],
+        )
+    ]
     points = time_to_accuracy(table, "val_loss", "wall_time_s", mode="min")
     assert [(p["time_s"], p["val_loss"]) for p in points] == [(3, 2.0), (9, 1.0)]
 
@@ -158,17 +193,35 @@ def test_time_to_accuracy_other_metric_and_mode() -> None:
 
 
 def test_format_pareto_table_fixed_width_with_long_ids_and_int_params() -> None:
-    front = [rec(LONG_ID, "completed", at(0.9123, 120.34, test_acc=0.9),
-                 params={"stochastic_depth.drop_rate": 0.25, "model.depth": 56}),
-             rec("b", "completed", at(0.8, 60.0),
-                 params={"stochastic_depth.drop_rate": 0.5, "model.depth": 110})]
+    front = [
+        rec(
+            LONG_ID,
+            "completed",
+            at(0.9123, 120.34, test_acc=0.9),
+            params={"stochastic_depth.drop_rate": 0.25, "model.depth": 56},
+        ),
+        rec(
+            "b",
+            "completed",
+            at(0.8, 60.0),
+            params={"stochastic_depth.drop_rate": 0.5, "model.depth": 110},
+        ),
+    ]
     text = format_pareto_table(front, ACC_TIME, ["stochastic_depth.drop_rate", "model.depth"])
     lines = text.splitlines()
-    assert lines[0].split() == ["rank", "trial", "drop_rate", "depth", "val_acc", "(max)",
-                                "train_time_s", "(min)", "test_acc"]
+    assert lines[0].split() == [
+        "rank",
+        "trial",
+        "drop_rate",
+        "depth",
+        "val_acc",
+        "(max)",
+        "train_time_s",
+        "(min)",
+        "test_acc",
+    ]
     assert len(lines) == 3 and len({len(line) for line in lines[:2]}) == 1
-    assert lines[1].split() == ["1", "train_trial_xxxxxxx~", "0.25", "56", "0.9123", "120.3",
-                                "0.9"]
+    assert lines[1].split() == ["1", "train_trial_xxxxxxx~", "0.25", "56", "0.9123", "120.3", "0.9"]
     assert lines[2].split() == ["2", "b", "0.5", "110", "0.8", "60", "-"]
     assert "empty" in format_pareto_table([], ACC_TIME)
 
@@ -178,23 +231,58 @@ def test_format_pareto_table_fixed_width_with_long_ids_and_int_params() -> None:
 
 def full_table() -> list[dict[str, Any]]:
     """A small experiment: two front trials, a dominated one, stopped early, two failed."""
+
     def params(rate: float, dist: str, depth: int) -> dict[str, Any]:
-        return {"stochastic_depth.drop_rate": rate, "stochastic_depth.drop_distribution": dist,
-                "model.depth": depth}
+        return {
+            "stochastic_depth.drop_rate": rate,
+            "stochastic_depth.drop_distribution": dist,
+            "model.depth": depth,
+        }
 
     return [
-        rec("t_fast", "completed", at(0.85, 60, epoch=3, test_acc=0.84),
-            params=params(0.5, "linear", 20), history=epochs((20, .7), (40, .8), (60, .85))),
-        rec("t_best", "completed", at(0.90, 100, epoch=2, test_acc=0.89),
-            params=params(0.1, "uniform", 56), history=epochs((50, .8), (100, .9))),
-        rec("t_dom", "completed", at(0.80, 90, epoch=2),
-            params=params(0.2, "linear", 20), history=epochs((45, .7), (90, .8))),
-        rec("t_early", "stopped_early", at(0.75, 25, epoch=1),
-            params=params(0.9, "uniform", 110), history=epochs((25, .75))),
-        rec("t_nan", "failed", at(math.nan, 30, epoch=1), params=params(0.8, "linear", 32),
-            history=epochs((30, math.nan)), error=FAIL_REASON),
-        rec(LONG_ID, "failed", {}, params=params(0.3, "linear", 44),
-            error="Traceback (most recent call last):\n  File x\nRuntimeError: worker died"),
+        rec(
+            "t_fast",
+            "completed",
+            at(0.85, 60, epoch=3, test_acc=0.84),
+            params=params(0.5, "linear", 20),
+            history=epochs((20, 0.7), (40, 0.8), (60, 0.85)),
+        ),
+        rec(
+            "t_best",
+            "completed",
+            at(0.90, 100, epoch=2, test_acc=0.89),
+            params=params(0.1, "uniform", 56),
+            history=epochs((50, 0.8), (100, 0.9)),
+        ),
+        rec(
+            "t_dom",
+            "completed",
+            at(0.80, 90, epoch=2),
+            params=params(0.2, "linear", 20),
+            history=epochs((45, 0.7), (90, 0.8)),
+        ),
+        rec(
+            "t_early",
+            "stopped_early",
+            at(0.75, 25, epoch=1),
+            params=params(0.9, "uniform", 110),
+            history=epochs((25, 0.75)),
+        ),
+        rec(
+            "t_nan",
+            "failed",
+            at(math.nan, 30, epoch=1),
+            params=params(0.8, "linear", 32),
+            history=epochs((30, math.nan)),
+            error=FAIL_REASON,
+        ),
+        rec(
+            LONG_ID,
+            "failed",
+            {},
+            params=params(0.3, "linear", 44),
+            error="Traceback (most recent call last):\n  File x\nRuntimeError: worker died",
+        ),
         rec("t_wait", "pending", params=params(0.4, "uniform", 20)),
     ]
 
@@ -207,9 +295,14 @@ def strict_json(path: Path) -> Any:
 
 
 def accumulator(path: Path) -> event_accumulator.EventAccumulator:
-    acc = event_accumulator.EventAccumulator(str(path), size_guidance={
-        event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0,
-        event_accumulator.SCALARS: 0})
+    acc = event_accumulator.EventAccumulator(
+        str(path),
+        size_guidance={
+            event_accumulator.TENSORS: 0,
+            event_accumulator.IMAGES: 0,
+            event_accumulator.SCALARS: 0,
+        },
+    )
     acc.Reload()
     return acc
 
@@ -224,9 +317,11 @@ def session_groups(logdir: Path) -> tuple[dict, dict]:
     mux = plugin_event_multiplexer.EventMultiplexer()
     mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
-    context = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
-                                    data_provider=data_provider.MultiplexerDataProvider(
-                                        mux, str(logdir)))
+    context = base_plugin.TBContext(
+        logdir=str(logdir),
+        multiplexer=mux,
+        data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)),
+    )
     apps = hparams_plugin.HParamsPlugin(context).get_plugin_apps()
 
     def post(route: str, body: dict) -> dict:
@@ -235,9 +330,19 @@ def session_groups(logdir: Path) -> tuple[dict, dict]:
         return response.get_json()
 
     statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-    return (post("/experiment", {"experimentName": ""}),
-            post("/session_groups", {"experimentName": "", "allowedStatuses": statuses,
-                                     "colParams": [], "startIndex": 0, "sliceSize": 100}))
+    return (
+        post("/experiment", {"experimentName": ""}),
+        post(
+            "/session_groups",
+            {
+                "experimentName": "",
+                "allowedStatuses": statuses,
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 100,
+            },
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -250,15 +355,24 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, P
 
 def test_write_results_files_exist_and_agree(written: tuple) -> None:
     exp_dir, paths, records = written
-    for key in ("trials_csv", "trials_json", "pareto_json", "time_to_accuracy_json",
-                "summary_md", "figure_png", "tensorboard"):
+    for key in (
+        "trials_csv",
+        "trials_json",
+        "pareto_json",
+        "time_to_accuracy_json",
+        "summary_md",
+        "figure_png",
+        "tensorboard",
+    ):
         assert paths[key].exists() and paths[key].parent == exp_dir, key
     assert paths["figure_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     data = strict_json(paths["trials_json"])
     assert data["name"] == "sd-demo"
-    assert data["objectives"] == [{"metric": "val_acc", "mode": "max"},
-                                  {"metric": "train_time_s", "mode": "min"}]
+    assert data["objectives"] == [
+        {"metric": "val_acc", "mode": "max"},
+        {"metric": "train_time_s", "mode": "min"},
+    ]
     assert ids(data["trials"]) == ids(records)
     assert data["trials"][4]["final"]["val_acc"] is None  # NaN written as null
     assert data["trials"][0]["history"] == records[0]["history"]
@@ -280,15 +394,22 @@ def test_write_results_files_exist_and_agree(written: tuple) -> None:
     front = [t["trial_id"] for t in pareto["trials"]]
     completed = {r["trial_id"] for r in records if r["status"] == "completed"}
     assert front == ["t_best", "t_fast"] and set(front) <= completed
-    assert pareto["trials"][0] == {"rank": 1, "trial_id": "t_best",
-                                   "params": records[1]["params"],
-                                   "objectives": {"val_acc": 0.9, "train_time_s": 100},
-                                   "test_acc": 0.89}
+    assert pareto["trials"][0] == {
+        "rank": 1,
+        "trial_id": "t_best",
+        "params": records[1]["params"],
+        "objectives": {"val_acc": 0.9, "train_time_s": 100},
+        "test_acc": 0.89,
+    }
 
     tta = strict_json(paths["time_to_accuracy_json"])["points"]
     assert [(p["time_s"], p["val_acc"], p["trial_id"]) for p in tta] == [
-        (20, 0.7, "t_fast"), (25, 0.75, "t_early"), (40, 0.8, "t_fast"), (60, 0.85, "t_fast"),
-        (100, 0.9, "t_best")]
+        (20, 0.7, "t_fast"),
+        (25, 0.75, "t_early"),
+        (40, 0.8, "t_fast"),
+        (60, 0.85, "t_fast"),
+        (100, 0.9, "t_best"),
+    ]
 
     assert ids(load_records(exp_dir)) == ids(records)
     assert load_records(paths["trials_json"])[0]["history"] == records[0]["history"]
@@ -322,15 +443,28 @@ def test_tensorboard_hparams_image_and_text_read_back(written: tuple) -> None:
     text = root.Tensors(text_tag)[0].tensor_proto.string_val[0].decode()
     assert text == paths["summary_md"].read_text()
     experiment = hp_meta.parse_experiment_plugin_data(
-        root.PluginTagToContent(hp_meta.PLUGIN_NAME)[hp_meta.EXPERIMENT_TAG])
+        root.PluginTagToContent(hp_meta.PLUGIN_NAME)[hp_meta.EXPERIMENT_TAG]
+    )
     hparams = {h.name: h for h in experiment.hparam_infos}
-    assert set(hparams) == {"stochastic_depth.drop_rate", "stochastic_depth.drop_distribution",
-                            "model.depth", "status"}
+    assert set(hparams) == {
+        "stochastic_depth.drop_rate",
+        "stochastic_depth.drop_distribution",
+        "model.depth",
+        "status",
+    }
     assert hparams["model.depth"].type == api_pb2.DATA_TYPE_FLOAT64
     assert [v.number_value for v in hparams["model.depth"].domain_discrete.values] == [
-        20, 32, 44, 56, 110]
+        20,
+        32,
+        44,
+        56,
+        110,
+    ]
     assert {m.name.tag for m in experiment.metric_infos} >= {
-        "final/val_acc", "final/train_time_s", "final/test_acc"}
+        "final/val_acc",
+        "final/train_time_s",
+        "final/test_acc",
+    }
 
     runs = sorted(p.parent for p in (tb_dir / "trials").rglob("events.out.tfevents.*"))
     assert len(runs) == len(records)  # the long id with "/" and a space became one folder
@@ -340,23 +474,28 @@ def test_tensorboard_hparams_image_and_text_read_back(written: tuple) -> None:
         content = acc.PluginTagToContent(hp_meta.PLUGIN_NAME)
         assert hp_meta.EXPERIMENT_TAG in content  # every session run repeats the experiment
         start = hp_meta.parse_session_start_info_plugin_data(
-            content[hp_meta.SESSION_START_INFO_TAG])
+            content[hp_meta.SESSION_START_INFO_TAG]
+        )
         sessions[start.group_name] = acc, content, start  # the group is the full trial id
     assert set(sessions) == set(ids(records))
     for record in records:
         acc, content, start = sessions[record["trial_id"]]
         assert start.hparams["status"].string_value == record["status"]
         assert start.hparams["model.depth"].number_value == record["params"]["model.depth"]
-        assert start.hparams["stochastic_depth.drop_distribution"].string_value == \
-            record["params"]["stochastic_depth.drop_distribution"]
+        assert (
+            start.hparams["stochastic_depth.drop_distribution"].string_value
+            == record["params"]["stochastic_depth.drop_distribution"]
+        )
         assert start.hparams["stochastic_depth.drop_rate"].number_value == pytest.approx(
-            record["params"]["stochastic_depth.drop_rate"])
+            record["params"]["stochastic_depth.drop_rate"]
+        )
         if record["status"] == "pending":
             assert hp_meta.SESSION_END_INFO_TAG not in content
         else:
             end = hp_meta.parse_session_end_info_plugin_data(content[hp_meta.SESSION_END_INFO_TAG])
-            expected = (api_pb2.STATUS_FAILURE if record["status"] == "failed"
-                        else api_pb2.STATUS_SUCCESS)
+            expected = (
+                api_pb2.STATUS_FAILURE if record["status"] == "failed" else api_pb2.STATUS_SUCCESS
+            )
             assert end.status == expected
         value = record["final"].get("val_acc")
         if value is not None and math.isfinite(value):
@@ -397,8 +536,7 @@ def test_write_results_with_zero_trials(tmp_path: Path) -> None:
     paths = write_results(tmp_path / "empty", "nothing", [])
     assert "No trials" in paths["summary_md"].read_text()
     assert "Empty" in paths["summary_md"].read_text()
-    assert paths["trials_csv"].read_text().splitlines() == [
-        "trial_id,status,epochs_reported,error"]
+    assert paths["trials_csv"].read_text().splitlines() == ["trial_id,status,epochs_reported,error"]
     assert strict_json(paths["pareto_json"])["trials"] == []
     assert strict_json(paths["time_to_accuracy_json"])["points"] == []
     assert load_records(paths["trials_json"]) == []
@@ -409,21 +547,28 @@ def test_write_results_with_zero_trials(tmp_path: Path) -> None:
 
 def test_hparam_types_bool_mixed_and_lists(tmp_path: Path) -> None:
     """Choices of any JSON type reach TensorBoard: bools as bools, mixed types as text."""
-    records = [rec("a", "completed", at(0.9, 10), params={"flag": True, "mix": 1, "lst": [1, 2]}),
-               rec("b", "completed", at(0.8, 5), params={"flag": False, "mix": "auto"}),
-               rec("c", "failed", params={"flag": None, "mix": math.nan})]
+    records = [
+        rec("a", "completed", at(0.9, 10), params={"flag": True, "mix": 1, "lst": [1, 2]}),
+        rec("b", "completed", at(0.8, 5), params={"flag": False, "mix": "auto"}),
+        rec("c", "failed", params={"flag": None, "mix": math.nan}),
+    ]
     paths = write_results(tmp_path, "types", records, figure=False)
-    experiment = hp_meta.parse_experiment_plugin_data(accumulator(paths["tensorboard"])
-                                                      .PluginTagToContent("hparams")
-                                                      [hp_meta.EXPERIMENT_TAG])
+    experiment = hp_meta.parse_experiment_plugin_data(
+        accumulator(paths["tensorboard"]).PluginTagToContent("hparams")[hp_meta.EXPERIMENT_TAG]
+    )
     types = {h.name: h.type for h in experiment.hparam_infos}
-    assert types == {"flag": api_pb2.DATA_TYPE_BOOL, "mix": api_pb2.DATA_TYPE_STRING,
-                     "lst": api_pb2.DATA_TYPE_STRING, "status": api_pb2.DATA_TYPE_STRING}
+    assert types == {
+        "flag": api_pb2.DATA_TYPE_BOOL,
+        "mix": api_pb2.DATA_TYPE_STRING,
+        "lst": api_pb2.DATA_TYPE_STRING,
+        "status": api_pb2.DATA_TYPE_STRING,
+    }
     starts = {}
     for run in (paths["tensorboard"] / "trials").iterdir():
         content = accumulator(run).PluginTagToContent("hparams")
         start = hp_meta.parse_session_start_info_plugin_data(
-            content[hp_meta.SESSION_START_INFO_TAG])
+            content[hp_meta.SESSION_START_INFO_TAG]
+        )
         starts[start.group_name] = start.hparams
     assert starts["a"]["flag"].bool_value is True and starts["a"]["mix"].string_value == "1"
     assert starts["a"]["lst"].string_value == "[1, 2]"
@@ -441,8 +586,7 @@ def test_a_report_that_does_not_fit_leaves_the_previous_one_whole(tmpfs) -> None
     records = full_table()[:2]
     write_results(disk, "fits", records, ACC_TIME)
     before = {p.relative_to(disk): p.read_bytes() for p in disk.rglob("*") if p.is_file()}
-    big = [rec(f"t{i}", "completed", at(0.5, i), params={"note": "x" * 2000})
-           for i in range(400)]
+    big = [rec(f"t{i}", "completed", at(0.5, i), params={"note": "x" * 2000}) for i in range(400)]
     with pytest.raises(OSError, match="No space left on device"):
         write_results(disk, "does not fit", big, ACC_TIME)
     after = {p.relative_to(disk): p.read_bytes() for p in disk.rglob("*") if p.is_file()}

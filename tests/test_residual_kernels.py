@@ -26,8 +26,12 @@ def leaf(shape: tuple[int, ...], fmt: torch.memory_format, seed: int) -> torch.T
 
 def scale_value(kind: str, batch: int) -> float | torch.Tensor | None:
     # powers of two: a product is exact, so fused and unfused sums round alike
-    return {"none": None, "number": 0.5, "rows": torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0])[:batch],
-            "zero_dim": torch.tensor(0.25)}[kind]
+    return {
+        "none": None,
+        "number": 0.5,
+        "rows": torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0])[:batch],
+        "zero_dim": torch.tensor(0.25),
+    }[kind]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -157,7 +161,13 @@ def test_triton_kernels_agree_with_torch_ops_under_the_interpreter() -> None:
     """The kernels that run on CUDA, run here by TRITON_INTERPRET=1 on CPU tensors, give the
     torch ops' values and gradients (exactly in float32) and keep the memory format."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_INTERPRETED)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_INTERPRETED)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "interpreted kernels agree" in proc.stdout

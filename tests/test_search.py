@@ -26,20 +26,32 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                       reason="needs Debian's dataset-fashion-mnist"),
+    pytest.mark.skipif(
+        not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+        reason="needs Debian's dataset-fashion-mnist",
+    ),
 ]
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sd_tune.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sd_tune.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "sd_tune.cli", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sd_tune.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def tensorboard_runs(root: Path) -> dict[str, object]:
@@ -74,9 +86,15 @@ def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
     # While the first trial runs, its epoch reports show before any trial has ended.
     lines = out.splitlines()
     first_end = next(i for i, line in enumerate(lines) if "trials: 1 done" in line)
-    progress = [i for i, line in enumerate(lines)
-                if re.search(r"trial \w+ epoch 1/2 val_acc 0\.\d{4} \| \d+ img/s \| trial "
-                             r"~\d:\d\d:\d\d left", line)]
+    progress = [
+        i
+        for i, line in enumerate(lines)
+        if re.search(
+            r"trial \w+ epoch 1/2 val_acc 0\.\d{4} \| \d+ img/s \| trial "
+            r"~\d:\d\d:\d\d left",
+            line,
+        )
+    ]
     assert progress and progress[0] < first_end, out
     records = json.loads((exp / "trials.json").read_text())
     records = records["trials"] if isinstance(records, dict) else records
@@ -95,21 +113,34 @@ def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
     points = tta["points"] if isinstance(tta, dict) else tta
     assert points and {p["trial_id"] for p in points} <= ids
     best = max(r["final"]["val_acc"] for r in records)
-    assert points[-1]["val_acc"] == pytest.approx(max(
-        h["val_acc"] for r in records for h in r["history"]))
+    assert points[-1]["val_acc"] == pytest.approx(
+        max(h["val_acc"] for r in records for h in r["history"])
+    )
     assert best <= points[-1]["val_acc"] + 1e-12
     assert front[0]["trial_id"] in (exp / "summary.md").read_text()
     runs = tensorboard_runs(exp / "tensorboard")
-    sessions = [acc for acc in runs.values()
-                if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")]
+    sessions = [
+        acc
+        for acc in runs.values()
+        if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    ]
     assert len(sessions) == 3
     assert any(acc.Tags()["images"] for acc in runs.values())
 
 
 def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
     name = f"resume_{sig}"
-    proc = start("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
-                 "--name", name, "--set", "search.num_samples=3")
+    proc = start(
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        name,
+        "--set",
+        "search.num_samples=3",
+    )
     exp = tmp_path / name
     deadline = time.time() + 300
     try:
@@ -127,8 +158,9 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
         assert f"continue with `sd-tune resume {exp}`" in out.splitlines()[-1], out
         for noise in ("Traceback", "Aborted", "*** SIG", "core dumped"):
             assert noise not in out, out
-    before = {p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json")
-              if len(_epochs(p)) >= 2}
+    before = {
+        p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json") if len(_epochs(p)) >= 2
+    }
     assert before, "a finished trial is needed before the interruption"
     result = cli("resume", str(exp))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -166,8 +198,10 @@ def test_resume_after_sigterm(tmp_path: Path) -> None:
 def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> None:
     space = yaml.safe_load((REPO / "search_spaces/smoke.yaml").read_text())
     space["name"] = "failing"
-    space["space"] = {"train.fail_at_epoch": {"choice": [None, 1]},
-                      "stochastic_depth.drop_rate": {"uniform": [0.0, 0.5]}}
+    space["space"] = {
+        "train.fail_at_epoch": {"choice": [None, 1]},
+        "stochastic_depth.drop_rate": {"uniform": [0.0, 0.5]},
+    }
     space["search"] = {"sampler": "random", "seed": 3, "num_samples": 3}
     path = tmp_path / "failing.yaml"
     path.write_text(yaml.safe_dump(space))
@@ -192,15 +226,30 @@ def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
     store = tmp_path / "store"
     query = "?sd_tune_test=1"
     uri = f"file://{store}/smoke{query}"
-    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage",
-                 f"file://{store}{query}", "--set", "search.num_samples=2")
+    result = cli(
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        f"file://{store}{query}",
+        "--set",
+        "search.num_samples=2",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"results in {uri}" in result.stdout
     assert f"tensorboard --logdir '{uri}'" in result.stdout
     exp = store / "smoke"
     assert sorted(p.name for p in store.iterdir()) == ["smoke"]
-    for name in ("sd_tune_space.json", "trials.csv", "trials.json", "pareto.json",
-                 "time_to_accuracy.json", "summary.md", "pareto.png", "tensorboard"):
+    for name in (
+        "sd_tune_space.json",
+        "trials.csv",
+        "trials.json",
+        "pareto.json",
+        "time_to_accuracy.json",
+        "summary.md",
+        "pareto.png",
+        "tensorboard",
+    ):
         assert (exp / name).exists(), name
     records = json.loads((exp / "trials.json").read_text())["trials"]
     assert len(records) == 2 and {r["status"] for r in records} == {"completed"}
@@ -213,19 +262,24 @@ def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
     assert front and {p["trial_id"] for p in front} <= {r["trial_id"] for r in records}
     assert f"--logdir '{uri}'" in (exp / "summary.md").read_text()
 
-    again = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage",
-                f"file://{store}{query}")
+    again = cli(
+        "launch", "--space", "search_spaces/smoke.yaml", "--storage", f"file://{store}{query}"
+    )
     assert again.returncode == 2 and "experiment 'smoke' already exists" in again.stderr
 
     report = cli("report", uri)
     assert report.returncode == 0, report.stdout + report.stderr
     assert "smoke: 2 trials (2 completed)" in report.stdout
     rebuilt = json.loads((exp / "trials.json").read_text())["trials"]
-    assert [(r["trial_id"], r["final"]) for r in rebuilt] == \
-        [(r["trial_id"], r["final"]) for r in records]
+    assert [(r["trial_id"], r["final"]) for r in rebuilt] == [
+        (r["trial_id"], r["final"]) for r in records
+    ]
     runs = tensorboard_runs(exp / "tensorboard")
-    sessions = [acc for acc in runs.values()
-                if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")]
+    sessions = [
+        acc
+        for acc in runs.values()
+        if "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    ]
     assert len(sessions) == 2, "the report's TensorBoard entries were doubled"
 
 
@@ -237,8 +291,11 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -247,8 +304,11 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
                     break
             assert server.poll() is None and time.time() < deadline, "moto did not start"
             time.sleep(0.2)
-        for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                           ("AWS_DEFAULT_REGION", "us-east-1")):
+        for key, value in (
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ):
             monkeypatch.setenv(key, value)
         query = f"?endpoint_override=127.0.0.1:{port}&scheme=http"
         import pyarrow.fs
@@ -265,15 +325,28 @@ def test_launch_report_resume_on_s3(s3_server: str) -> None:
     """Ray Tune and Train, and sd-tune's own files, on a real S3 protocol (moto)."""
     from sd_tune import storage
 
-    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", s3_server,
-                 "--set", "search.num_samples=2")
+    result = cli(
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        s3_server,
+        "--set",
+        "search.num_samples=2",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     exp = storage.join(s3_server, "smoke")
     assert f"tensorboard --logdir '{exp}'" in result.stdout
     records = json.loads(storage.read_text(storage.join(exp, "trials.json")))["trials"]
     assert len(records) == 2 and {r["status"] for r in records} == {"completed"}
-    for name in ("trials.csv", "pareto.json", "time_to_accuracy.json", "summary.md",
-                 "pareto.png", "tensorboard"):
+    for name in (
+        "trials.csv",
+        "pareto.json",
+        "time_to_accuracy.json",
+        "summary.md",
+        "pareto.png",
+        "tensorboard",
+    ):
         assert storage.exists(storage.join(exp, name)), name
     for r in records:
         assert r["logdir"] == storage.join(exp, f"trial_{r['trial_id']}")
@@ -305,8 +378,9 @@ def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
         overlap = min(e for _, e in spans) - max(s for s, _ in spans)
         print("overlap", round(overlap, 2))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "concurrency 4" in proc.stdout, proc.stdout
     overlap = float(proc.stdout.split("overlap")[1])
@@ -320,8 +394,15 @@ def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real search of 2 smoke trials, finished; the tests below damage copies of it."""
     root = tmp_path_factory.mktemp("finished")
-    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(root),
-                 "--set", "search.num_samples=2")
+    result = cli(
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        str(root),
+        "--set",
+        "search.num_samples=2",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return root / "smoke"
 
@@ -357,9 +438,13 @@ def test_report_never_unpickles_what_the_storage_holds(finished: Path, tmp_path:
             trial["storage"] = {"_type": "CLOUDPICKLE_FALLBACK", "value": planted.hex()}
             entry[0] = json.dumps(trial)
         state_file.write_text(json.dumps(state))
-    pickles = [exp / "tuner.pkl", *exp.glob("searcher-state-*.pkl"),
-               *exp.glob("search_gen_state-*.json"), *exp.glob("trial_*/params.pkl"),
-               *(trial / "error.pkl" for trial in exp.glob("trial_*"))]
+    pickles = [
+        exp / "tuner.pkl",
+        *exp.glob("searcher-state-*.pkl"),
+        *exp.glob("search_gen_state-*.json"),
+        *exp.glob("trial_*/params.pkl"),
+        *(trial / "error.pkl" for trial in exp.glob("trial_*")),
+    ]
     for path in pickles:
         path.write_bytes(planted)
     assert len(pickles) == 7
@@ -371,15 +456,16 @@ def test_report_never_unpickles_what_the_storage_holds(finished: Path, tmp_path:
         assert all(r["status"] == "completed" for r in trials_json(exp).values())
 
 
-def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(finished: Path,
-                                                                   tmp_path: Path) -> None:
+def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(
+    finished: Path, tmp_path: Path
+) -> None:
     exp = copy_of(finished, tmp_path)
     first, second = trials_json(finished)
     result_json = exp / f"trial_{first}" / "result.json"
     result_json.write_bytes(result_json.read_bytes()[:100])  # cut short
     shutil.rmtree(exp / f"trial_{second}")  # deleted
     for state_file in exp.glob("experiment_state-*.json"):
-        state_file.write_bytes(state_file.read_bytes()[:state_file.stat().st_size // 3])
+        state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 3])
     result = cli("report", str(exp))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke: 2 trials (2 completed)" in result.stdout
@@ -395,11 +481,12 @@ def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(finished: Pat
     assert f"missing {second}: its folder trial_{second} is gone" in result.stdout
 
 
-def test_resume_after_a_truncated_state_keeps_every_finished_trial(finished: Path,
-                                                                    tmp_path: Path) -> None:
+def test_resume_after_a_truncated_state_keeps_every_finished_trial(
+    finished: Path, tmp_path: Path
+) -> None:
     exp = copy_of(finished, tmp_path / "a")
     (state_file,) = exp.glob("experiment_state-*.json")
-    state_file.write_bytes(state_file.read_bytes()[:state_file.stat().st_size // 3])
+    state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 3])
     result = cli("resume", str(exp))
     for trial_id, record in trials_json(finished).items():
         assert trials_json(exp)[trial_id]["final"] == record["final"], result.stdout
@@ -409,23 +496,35 @@ def test_resume_after_a_truncated_state_keeps_every_finished_trial(finished: Pat
     # with no good copy to restore, resume changes nothing and says what is kept
     exp = copy_of(finished, tmp_path / "b")
     (state_file,) = exp.glob("experiment_state-*.json")
-    state_file.write_bytes(state_file.read_bytes()[:state_file.stat().st_size // 3])
+    state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 3])
     (exp / "sd_tune" / "tune_state.json").unlink()
     before = sorted(p.relative_to(exp) for p in exp.rglob("*"))
     result = cli("resume", str(exp))
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "no whole copy of it is there; nothing was changed. The 2 finished trial(s)" in \
-        result.stderr
+    assert (
+        "no whole copy of it is there; nothing was changed. The 2 finished trial(s)"
+        in result.stderr
+    )
     assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == before
 
 
 def test_two_launches_into_one_name_exactly_one_runs(tmp_path: Path) -> None:
     """Two launches into one folder and name, 1 s apart: one runs, the other exits 2 at once
     naming it."""
-    args = ("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
-            "--set", "search.num_samples=1", "--set", "train.epochs=1",
-            "--set", "train.warmup_epochs=0")
+    args = (
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        str(tmp_path),
+        "--set",
+        "search.num_samples=1",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.warmup_epochs=0",
+    )
     first = start(*args)
     time.sleep(1)
     second = start(*args)
@@ -440,21 +539,30 @@ def test_two_launches_into_one_name_exactly_one_runs(tmp_path: Path) -> None:
     ran, refused = sorted((first, second), key=lambda p: p.returncode)
     assert (ran.returncode, refused.returncode) == (0, 2), outs
     assert outs[refused.pid].count("\n") == 1, outs[refused.pid]
-    assert f"is in use by sd-tune launch (pid {ran.pid} on {socket.gethostname()}" in \
-        outs[refused.pid]
+    assert (
+        f"is in use by sd-tune launch (pid {ran.pid} on {socket.gethostname()}" in outs[refused.pid]
+    )
     assert len(list((tmp_path / "smoke").glob("trial_*"))) == 1
     assert len(trials_json(tmp_path / "smoke")) == 1
     assert not (tmp_path / "smoke" / ".sd_tune.lock").exists()
 
 
-def test_a_full_disk_ends_in_one_message_and_loses_nothing(tmp_path: Path,
-                                                           tmpfs: Callable[..., Path]) -> None:
+def test_a_full_disk_ends_in_one_message_and_loses_nothing(
+    tmp_path: Path, tmpfs: Callable[..., Path]
+) -> None:
     """The storage fills up after the first trial: the search stops with one message naming
     the storage and its free space; after freeing space, report and resume keep that trial
     (same metrics) and finish the search."""
     disk = tmpfs("48m")
-    proc = start("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(disk),
-                 "--set", "search.num_samples=2")
+    proc = start(
+        "launch",
+        "--space",
+        "search_spaces/smoke.yaml",
+        "--storage",
+        str(disk),
+        "--set",
+        "search.num_samples=2",
+    )
     exp = disk / "smoke"
     deadline = time.time() + 300
     try:
@@ -471,8 +579,10 @@ def test_a_full_disk_ends_in_one_message_and_loses_nothing(tmp_path: Path,
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 2, out
     message = out.splitlines()[-1]
-    assert message.startswith(f"sd-tune launch: error: the storage {disk} is full (") and \
-        "free of 48.0 MiB): the search stopped" in message, out
+    assert (
+        message.startswith(f"sd-tune launch: error: the storage {disk} is full (")
+        and "free of 48.0 MiB): the search stopped" in message
+    ), out
     assert f"continue with `sd-tune resume {exp}`" in message
     assert "Traceback" not in out, out
     kept = {p.stem: json.loads(p.read_text()) for p in (exp / "sd_tune" / "trials").glob("*")}

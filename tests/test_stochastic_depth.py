@@ -26,8 +26,13 @@ def bn_eval(model: nn.Module) -> nn.Module:
 
 
 def stochastic_block(
-    p: float, method: str = "sample", impl: str = "mask", scale_by_keep: bool = False,
-    in_planes: int = 4, planes: int = 4, stride: int = 1,
+    p: float,
+    method: str = "sample",
+    impl: str = "mask",
+    scale_by_keep: bool = False,
+    in_planes: int = 4,
+    planes: int = 4,
+    stride: int = 1,
 ) -> tuple[nn.Module, nn.Module]:
     """A plain CifarBasicBlock (random BN statistics) and a stochastic copy with rate ``p``."""
     torch.manual_seed(1)
@@ -36,8 +41,15 @@ def stochastic_block(
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.data.uniform_(0.5, 1.5)
-    model = apply_stochastic_depth(nn.Sequential(copy.deepcopy(plain)), "auto", method, p,
-                                   "uniform", scale_by_keep=scale_by_keep, sample_impl=impl)
+    model = apply_stochastic_depth(
+        nn.Sequential(copy.deepcopy(plain)),
+        "auto",
+        method,
+        p,
+        "uniform",
+        scale_by_keep=scale_by_keep,
+        sample_impl=impl,
+    )
     return plain.eval(), bn_eval(model)
 
 
@@ -140,8 +152,9 @@ def test_block_method_drops_whole_batch_at_rate(p: float) -> None:
     assert binomtest(drops, 400, p).pvalue > ALPHA
 
 
-@pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
-                                              ("block", "mask")])
+@pytest.mark.parametrize(
+    ("method", "impl"), [("sample", "mask"), ("sample", "subset"), ("block", "mask")]
+)
 def test_scale_by_keep_scales_kept_rows_in_training(method: str, impl: str) -> None:
     p = 0.4
     plain, model = stochastic_block(p, method, impl, scale_by_keep=True)
@@ -160,8 +173,9 @@ def test_scale_by_keep_scales_kept_rows_in_training(method: str, impl: str) -> N
     assert seen > 0
 
 
-@pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
-                                              ("block", "mask")])
+@pytest.mark.parametrize(
+    ("method", "impl"), [("sample", "mask"), ("sample", "subset"), ("block", "mask")]
+)
 def test_eval_is_deterministic_and_scaled(method: str, impl: str) -> None:
     p = 0.3
     plain, model = stochastic_block(p, method, impl)
@@ -180,11 +194,13 @@ def test_eval_is_deterministic_and_scaled(method: str, impl: str) -> None:
         assert torch.equal(model_sbk(x), plain(x))
 
 
-@pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
-                                              ("block", "mask")])
+@pytest.mark.parametrize(
+    ("method", "impl"), [("sample", "mask"), ("sample", "subset"), ("block", "mask")]
+)
 @pytest.mark.parametrize("scale_by_keep", [False, True])
-def test_rate_one_returns_relu_shortcut_without_nan(method: str, impl: str,
-                                                    scale_by_keep: bool) -> None:
+def test_rate_one_returns_relu_shortcut_without_nan(
+    method: str, impl: str, scale_by_keep: bool
+) -> None:
     plain, model = stochastic_block(1.0, method, impl, scale_by_keep, 4, 8, 2)
     torch.manual_seed(11)
     x = torch.randn(5, 4, 6, 6, requires_grad=True)
@@ -229,12 +245,18 @@ def test_warmup_rate_rule() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"stochastic_method": "row"},
-         r"`stochastic_method` must be one of 'sample', 'block', but got 'row'"),
-        ({"drop_distribution": "cosine"},
-         r"`drop_distribution` must be one of 'uniform', 'linear', but got 'cosine'"),
-        ({"sample_impl": "gather"},
-         r"`sample_impl` must be one of 'mask', 'subset', but got 'gather'"),
+        (
+            {"stochastic_method": "row"},
+            r"`stochastic_method` must be one of 'sample', 'block', but got 'row'",
+        ),
+        (
+            {"drop_distribution": "cosine"},
+            r"`drop_distribution` must be one of 'uniform', 'linear', but got 'cosine'",
+        ),
+        (
+            {"sample_impl": "gather"},
+            r"`sample_impl` must be one of 'mask', 'subset', but got 'gather'",
+        ),
         ({"drop_rate": 1.5}, r"`0 <= drop_rate <= 1` must hold, but got drop_rate=1.5"),
         ({"drop_rate": -0.1}, r"`0 <= drop_rate <= 1` must hold, but got drop_rate=-0.1"),
         ({"drop_rate": float("nan")}, r"`0 <= drop_rate <= 1` must hold, but got drop_rate=nan"),
@@ -247,8 +269,9 @@ def test_warmup_rate_rule() -> None:
 def test_check_args_messages(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_args(**kwargs)
-    module_kwargs = {k: v for k, v in kwargs.items() if k not in ("drop_distribution",
-                                                                  "drop_warmup")}
+    module_kwargs = {
+        k: v for k, v in kwargs.items() if k not in ("drop_distribution", "drop_warmup")
+    }
     if module_kwargs:
         with pytest.raises(ValueError, match=message):
             StochasticResidual(nn.Identity(), **module_kwargs)
@@ -266,8 +289,9 @@ def test_rate_tensor_follows_the_rate_and_keeps_its_precision() -> None:
     assert copy.deepcopy(model).double()[0].drop_rate_tensor.dtype == torch.float64
 
 
-def compiled_rows_kept(block: nn.Module, plain: nn.Module, x: torch.Tensor, draws: int,
-                       dropped: torch.Tensor) -> list[int]:
+def compiled_rows_kept(
+    block: nn.Module, plain: nn.Module, x: torch.Tensor, draws: int, dropped: torch.Tensor
+) -> list[int]:
     """Kept-row counts of ``draws`` compiled forward passes; every row must match the plain
     block's output (kept) or the dropped output within float tolerance."""
     counts = []
@@ -283,8 +307,9 @@ def compiled_rows_kept(block: nn.Module, plain: nn.Module, x: torch.Tensor, draw
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
-                                              ("block", "mask")])
+@pytest.mark.parametrize(
+    ("method", "impl"), [("sample", "mask"), ("sample", "subset"), ("block", "mask")]
+)
 def test_compiled_drop_frequency_is_binomial(method: str, impl: str) -> None:
     """Under torch.compile (inductor, its own RNG) the drop rate is still p; rows still equal
     the plain block's or the shortcut's, within float tolerance."""

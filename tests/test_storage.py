@@ -22,8 +22,11 @@ QUERY = "?endpoint_override=127.0.0.1:9000&scheme=http"
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """``tmp_path`` as a local path, a ``file://`` URI, and one with a query string
     (which pyarrow's local filesystem ignores, as ``s3://`` keeps it for the connection)."""
-    return {"path": str(tmp_path), "uri": f"file://{tmp_path}",
-            "uri+query": f"file://{tmp_path}{QUERY}"}[request.param]
+    return {
+        "path": str(tmp_path),
+        "uri": f"file://{tmp_path}",
+        "uri+query": f"file://{tmp_path}{QUERY}",
+    }[request.param]
 
 
 def test_join_and_parent_keep_the_query_string_last() -> None:
@@ -36,9 +39,9 @@ def test_join_and_parent_keep_the_query_string_last() -> None:
     assert storage.parent("results/exp") == "results"
 
 
-def test_root_is_absolute_for_paths_and_unchanged_for_uris(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_root_is_absolute_for_paths_and_unchanged_for_uris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert storage.root("results") == str(tmp_path / "results")
     assert storage.root(f"s3://bucket/p{QUERY}") == f"s3://bucket/p{QUERY}"
@@ -63,12 +66,16 @@ def test_write_read_exists_remove(base: str, tmp_path: Path) -> None:
 
 def test_upload_then_download_skips_the_big_folders(base: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    files = {"sd_tune_space.json": "{}", "experiment_state-1.json": "{}",
-             "trial_a/result.json": "{}\n", "trial_a/params.json": "{}",
-             "trial_a/checkpoint_000001/model.pt": "weights",
-             "trial_a/events.out.tfevents.1.host": "events",
-             "train_runs/train_a/checkpoint_2026/checkpoint.pt": "weights",
-             "tensorboard/events.out.tfevents.2.host": "events"}
+    files = {
+        "sd_tune_space.json": "{}",
+        "experiment_state-1.json": "{}",
+        "trial_a/result.json": "{}\n",
+        "trial_a/params.json": "{}",
+        "trial_a/checkpoint_000001/model.pt": "weights",
+        "trial_a/events.out.tfevents.1.host": "events",
+        "train_runs/train_a/checkpoint_2026/checkpoint.pt": "weights",
+        "tensorboard/events.out.tfevents.2.host": "events",
+    }
     for rel, text in files.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
@@ -77,14 +84,20 @@ def test_upload_then_download_skips_the_big_folders(base: str, tmp_path: Path) -
     for rel, text in files.items():
         assert (tmp_path / "store" / "exp" / rel).read_text() == text
     copy = tmp_path / "copy"
-    got = storage.download(exp, copy, skip=["train_runs", "checkpoint_*", "tensorboard",
-                                            "events.out.tfevents.*"])
-    small = ["experiment_state-1.json", "sd_tune_space.json", "trial_a/params.json",
-             "trial_a/result.json"]
+    got = storage.download(
+        exp, copy, skip=["train_runs", "checkpoint_*", "tensorboard", "events.out.tfevents.*"]
+    )
+    small = [
+        "experiment_state-1.json",
+        "sd_tune_space.json",
+        "trial_a/params.json",
+        "trial_a/result.json",
+    ]
     assert got == small
     assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == small
-    assert not (copy / "train_runs").exists() and (copy / "trial_a/result.json").read_text() \
-        == "{}\n"
+    assert (
+        not (copy / "train_runs").exists() and (copy / "trial_a/result.json").read_text() == "{}\n"
+    )
 
 
 def test_upload_a_file_and_download_everything(base: str, tmp_path: Path) -> None:
@@ -100,8 +113,9 @@ def test_upload_a_file_and_download_everything(base: str, tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- full disks
 
 
-def test_a_write_that_does_not_fit_leaves_the_old_file_whole(tmpfs: Callable[..., Path],
-                                                              ) -> None:
+def test_a_write_that_does_not_fit_leaves_the_old_file_whole(
+    tmpfs: Callable[..., Path],
+) -> None:
     disk = tmpfs("64k")
     target = disk / "trials.json"
     storage.write_text(str(target), '{"old": true}')
@@ -125,8 +139,9 @@ def test_is_disk_full_sees_through_wrapping() -> None:
     assert not storage.is_disk_full(OSError("Permission denied"))
 
 
-def test_probe_refuses_a_file_and_a_read_only_folder(tmp_path: Path,
-                                                     tmpfs: Callable[..., Path]) -> None:
+def test_probe_refuses_a_file_and_a_read_only_folder(
+    tmp_path: Path, tmpfs: Callable[..., Path]
+) -> None:
     (tmp_path / "file").write_text("")
     assert "a file is in the way" in storage.probe_writable(str(tmp_path / "file"))
     ro = tmpfs("64k", "ro")
@@ -142,14 +157,24 @@ def test_lock_is_exclusive_and_names_its_holder(tmp_path: Path) -> None:
     folder = str(tmp_path / "exp")
     with storage.locked(folder, "sd-tune launch"):
         other = subprocess.run(
-            [sys.executable, "-c", "import sys; from sd_tune import storage\n"
-             "try:\n"
-             f"    with storage.locked({folder!r}, 'sd-tune launch'): pass\n"
-             "except storage.LockHeld as err:\n"
-             "    print(err); sys.exit(3)"], capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from sd_tune import storage\n"
+                "try:\n"
+                f"    with storage.locked({folder!r}, 'sd-tune launch'): pass\n"
+                "except storage.LockHeld as err:\n"
+                "    print(err); sys.exit(3)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other.returncode == 3, other.stderr
-        assert f"is in use by sd-tune launch (pid {os.getpid()} on {socket.gethostname()}" \
+        assert (
+            f"is in use by sd-tune launch (pid {os.getpid()} on {socket.gethostname()}"
             in other.stdout
+        )
         assert f"delete {folder}/{storage.LOCK_FILE}" in other.stdout
     assert not (tmp_path / "exp").exists()  # made for the lock, removed with it
 
@@ -158,8 +183,16 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     lock = tmp_path / storage.LOCK_FILE
-    lock.write_text(json.dumps({"command": "sd-tune launch", "pid": gone.pid,
-                                "host": socket.gethostname(), "since": "earlier"}))
+    lock.write_text(
+        json.dumps(
+            {
+                "command": "sd-tune launch",
+                "pid": gone.pid,
+                "host": socket.gethostname(),
+                "since": "earlier",
+            }
+        )
+    )
     with storage.locked(str(tmp_path), "sd-tune resume"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
@@ -167,9 +200,12 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
 
 def test_a_lock_of_another_machine_is_not_broken(tmp_path: Path) -> None:
     lock = tmp_path / storage.LOCK_FILE
-    lock.write_text(json.dumps({"command": "sd-tune launch", "pid": 1, "host": "elsewhere",
-                                "since": "earlier"}))
-    with pytest.raises(storage.LockHeld, match=r"pid 1 on elsewhere, since earlier"), \
-            storage.locked(str(tmp_path), "sd-tune launch"):
+    lock.write_text(
+        json.dumps({"command": "sd-tune launch", "pid": 1, "host": "elsewhere", "since": "earlier"})
+    )
+    with (
+        pytest.raises(storage.LockHeld, match=r"pid 1 on elsewhere, since earlier"),
+        storage.locked(str(tmp_path), "sd-tune launch"),
+    ):
         pass
     assert lock.exists()

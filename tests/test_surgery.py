@@ -26,10 +26,21 @@ from sd_tune import (
     stochastic_blocks,
 )
 
-BLOCK_COUNTS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33,
-                "resnet152": 50, "wide_resnet50_2": 16, "resnext50_32x4d": 16,
-                "cifar_resnet20": 9, "cifar_resnet32": 15, "cifar_resnet44": 21,
-                "cifar_resnet56": 27, "cifar_resnet110": 54, "cifar_resnet1202": 600}
+BLOCK_COUNTS = {
+    "resnet18": 8,
+    "resnet34": 16,
+    "resnet50": 16,
+    "resnet101": 33,
+    "resnet152": 50,
+    "wide_resnet50_2": 16,
+    "resnext50_32x4d": 16,
+    "cifar_resnet20": 9,
+    "cifar_resnet32": 15,
+    "cifar_resnet44": 21,
+    "cifar_resnet56": 27,
+    "cifar_resnet110": 54,
+    "cifar_resnet1202": 600,
+}
 METHODS = [("sample", "mask"), ("sample", "subset"), ("block", "mask")]
 
 
@@ -53,10 +64,15 @@ def test_rates_in_forward_order_for_every_registry_model(arch: str) -> None:
     assert {b.drop_rate for b in stochastic_blocks(uniform)} == {0.3}
 
 
-@pytest.mark.parametrize(("arch", "name"), [("resnet50", "Bottleneck"),
-                                            ("resnet50", "ResNetBottleneck"),
-                                            ("resnet18", "BasicBlock"),
-                                            ("cifar_resnet20", "CifarBasicBlock")])
+@pytest.mark.parametrize(
+    ("arch", "name"),
+    [
+        ("resnet50", "Bottleneck"),
+        ("resnet50", "ResNetBottleneck"),
+        ("resnet18", "BasicBlock"),
+        ("cifar_resnet20", "CifarBasicBlock"),
+    ],
+)
 def test_target_layer_names(arch: str, name: str) -> None:
     model = apply_stochastic_depth(build_model(arch, 10), name, drop_rate=0.1)
     blocks = stochastic_blocks(model)
@@ -83,10 +99,18 @@ def test_rate_zero_is_exactly_the_plain_model(arch: str, method: str, impl: str)
 
 @pytest.mark.parametrize(("method", "impl"), METHODS)
 @pytest.mark.parametrize("scale_by_keep", [False, True])
-def test_rate_one_makes_every_block_relu_of_shortcut(method: str, impl: str,
-                                                     scale_by_keep: bool) -> None:
-    model = apply_stochastic_depth(build_model("resnet18", 10), "auto", method, 1.0, "uniform",
-                                   scale_by_keep=scale_by_keep, sample_impl=impl).train()
+def test_rate_one_makes_every_block_relu_of_shortcut(
+    method: str, impl: str, scale_by_keep: bool
+) -> None:
+    model = apply_stochastic_depth(
+        build_model("resnet18", 10),
+        "auto",
+        method,
+        1.0,
+        "uniform",
+        scale_by_keep=scale_by_keep,
+        sample_impl=impl,
+    ).train()
     seen = []
 
     def check(block: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -105,15 +129,15 @@ def test_rate_one_makes_every_block_relu_of_shortcut(method: str, impl: str,
 
 @pytest.mark.parametrize("method", ["sample", "block"])
 def test_warmup_ramps_rates_then_holds_them(method: str) -> None:
-    sd = StochasticDepth("auto", method, drop_rate=0.4, drop_distribution="linear",
-                         drop_warmup=0.2)
+    sd = StochasticDepth("auto", method, drop_rate=0.4, drop_distribution="linear", drop_warmup=0.2)
     model = sd.apply(build_model("cifar_resnet20", 10))
     full = [b.target_drop_rate for b in stochastic_blocks(model)]
     assert [b.drop_rate for b in stochastic_blocks(model)] == [0.0] * 9
     for f in (0.0, 0.05, 0.1, 0.199):
         sd.set_progress(f)
         assert [b.drop_rate for b in stochastic_blocks(model)] == pytest.approx(
-            [r * f / 0.2 for r in full])
+            [r * f / 0.2 for r in full]
+        )
     for f in (0.2, 0.5, 1.0):
         sd.set_progress(f)
         assert [b.drop_rate for b in stochastic_blocks(model)] == full  # exactly, not approx
@@ -134,8 +158,10 @@ def test_no_warmup_means_full_rates_from_the_start() -> None:
 def test_find_unused_parameters_only_for_block() -> None:
     assert StochasticDepth(stochastic_method="block").find_unused_parameters is True
     assert StochasticDepth(stochastic_method="sample").find_unused_parameters is False
-    assert StochasticDepth(stochastic_method="sample",
-                           sample_impl="subset").find_unused_parameters is False
+    assert (
+        StochasticDepth(stochastic_method="sample", sample_impl="subset").find_unused_parameters
+        is False
+    )
 
 
 def test_set_progress_before_apply_says_what_to_do() -> None:
@@ -161,14 +187,16 @@ def test_state_dict_names_unchanged_and_load_both_ways(arch: str) -> None:
 
 @pytest.mark.parametrize(("method", "impl"), METHODS)
 def test_deepcopy_pickle_and_to_keep_behaviour(method: str, impl: str) -> None:
-    model = apply_stochastic_depth(build_model("resnet18", 10), "auto", method, 0.3,
-                                   sample_impl=impl).eval()
+    model = apply_stochastic_depth(
+        build_model("resnet18", 10), "auto", method, 0.3, sample_impl=impl
+    ).eval()
     x = small_input("resnet18")
     with torch.no_grad():
         ref = model(x)
         for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-            assert [b.drop_rate for b in stochastic_blocks(clone)] == \
-                [b.drop_rate for b in stochastic_blocks(model)]
+            assert [b.drop_rate for b in stochastic_blocks(clone)] == [
+                b.drop_rate for b in stochastic_blocks(model)
+            ]
             assert torch.equal(clone(x), ref)
         moved = copy.deepcopy(model).to("cpu").to(torch.float64)
         torch.testing.assert_close(moved(x.double()).float(), ref, rtol=1e-4, atol=1e-4)
@@ -177,23 +205,25 @@ def test_deepcopy_pickle_and_to_keep_behaviour(method: str, impl: str) -> None:
 
 @pytest.mark.parametrize(("method", "impl"), METHODS)
 def test_gradient_reaches_every_parameter_of_kept_blocks(method: str, impl: str) -> None:
-    model = apply_stochastic_depth(build_model("resnet18", 10), "auto", method, 0.0,
-                                   sample_impl=impl).train()
+    model = apply_stochastic_depth(
+        build_model("resnet18", 10), "auto", method, 0.0, sample_impl=impl
+    ).train()
     model(small_input("resnet18")).sum().backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, method: str, impl: str,
-                out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+def _ddp_worker(
+    rank: int, world: int, init_file: str, method: str, impl: str, out_dir: str
+) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # same initial weights on both ranks
         sd = StochasticDepth("auto", method, drop_rate=0.5, sample_impl=impl)
         model = sd.apply(build_model("cifar_resnet20", 10))
         ddp = nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=sd.find_unused_parameters)
+            model, find_unused_parameters=sd.find_unused_parameters
+        )
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         torch.manual_seed(100 + rank)  # each rank draws its own masks and data
         for _ in range(3):
@@ -207,8 +237,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, method: str, impl: str,
 
 
 @pytest.mark.parametrize(("method", "impl"), METHODS)
-def test_ddp_gloo_two_processes_trains_in_sync(tmp_path: Path, method: str, impl: str,
-                                               run_two_ranks: Callable[..., None]) -> None:
+def test_ddp_gloo_two_processes_trains_in_sync(
+    tmp_path: Path, method: str, impl: str, run_two_ranks: Callable[..., None]
+) -> None:
     run_two_ranks(_ddp_worker, 2, str(tmp_path / "init"), method, impl, str(tmp_path))
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for key in a:
@@ -223,9 +254,11 @@ def test_ddp_gloo_two_processes_trains_in_sync(tmp_path: Path, method: str, impl
         ({"stochastic_method": "row"}, r"`stochastic_method` must be one of 'sample', 'block'"),
         ({"drop_distribution": "cosine"}, r"`drop_distribution` must be one of"),
         ({"sample_impl": "gather"}, r"`sample_impl` must be one of 'mask', 'subset'"),
-        ({"target_layer_name": "Block"},
-         r"`target_layer_name` must be one of 'auto', 'Bottleneck', 'BasicBlock', "
-         r"'ResNetBottleneck', 'CifarBasicBlock', but got 'Block'"),
+        (
+            {"target_layer_name": "Block"},
+            r"`target_layer_name` must be one of 'auto', 'Bottleneck', 'BasicBlock', "
+            r"'ResNetBottleneck', 'CifarBasicBlock', but got 'Block'",
+        ),
         ({"drop_rate": 2}, r"`0 <= drop_rate <= 1` must hold, but got drop_rate=2"),
         ({"drop_warmup": 1}, r"`0 <= drop_warmup < 1` must hold, but got drop_warmup=1"),
     ],
@@ -241,8 +274,11 @@ def test_bad_arguments_fail_before_the_model_is_touched(kwargs: dict, message: s
 
 
 def test_no_target_block_says_what_the_model_has() -> None:
-    with pytest.raises(ValueError, match=r"has no 'Bottleneck' blocks \(residual blocks found: "
-                                         r"BasicBlock x8\); pass target_layer_name='auto'"):
+    with pytest.raises(
+        ValueError,
+        match=r"has no 'Bottleneck' blocks \(residual blocks found: "
+        r"BasicBlock x8\); pass target_layer_name='auto'",
+    ):
         apply_stochastic_depth(build_model("resnet18", 10), "Bottleneck")
     with pytest.raises(ValueError, match=r"residual blocks found: none"):
         apply_stochastic_depth(nn.Sequential(nn.Linear(3, 3)), "auto")
@@ -250,19 +286,22 @@ def test_no_target_block_says_what_the_model_has() -> None:
 
 def test_surgery_twice_is_refused() -> None:
     model = apply_stochastic_depth(build_model("resnet18", 10))
-    with pytest.raises(ValueError,
-                       match=r"already has stochastic depth on 8 blocks.*set_drop_rates"):
+    with pytest.raises(
+        ValueError, match=r"already has stochastic depth on 8 blocks.*set_drop_rates"
+    ):
         apply_stochastic_depth(model)
     with pytest.raises(ValueError, match=r"already has stochastic depth"):
         StochasticDepth().apply(model)
 
 
 def test_surgery_on_wrapped_model_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"wrapped in DataParallel; apply stochastic depth to the "
-                                         r"plain model first"):
+    with pytest.raises(
+        ValueError,
+        match=r"wrapped in DataParallel; apply stochastic depth to the "
+        r"plain model first",
+    ):
         apply_stochastic_depth(nn.DataParallel(build_model("resnet18", 10)))
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
-                            world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         ddp = nn.parallel.DistributedDataParallel(build_model("resnet18", 10))
         with pytest.raises(ValueError, match=r"wrapped in DistributedDataParallel.*then `DDP"):
@@ -273,8 +312,9 @@ def test_surgery_on_wrapped_model_is_refused(tmp_path: Path) -> None:
 
 def test_torchvision_block_built_directly_is_found() -> None:
     """A model assembled from torchvision blocks, not from a builder, works with "auto"."""
-    model = nn.Sequential(torchvision.models.resnet.BasicBlock(8, 8),
-                          torchvision.models.resnet.BasicBlock(8, 8))
+    model = nn.Sequential(
+        torchvision.models.resnet.BasicBlock(8, 8), torchvision.models.resnet.BasicBlock(8, 8)
+    )
     apply_stochastic_depth(model, "auto", drop_rate=0.2)
     assert [b.drop_rate for b in stochastic_blocks(model)] == pytest.approx([0.1, 0.2])
 
@@ -334,8 +374,9 @@ def test_channels_last_rows_and_outputs_for_resnet50(method: str, impl: str) -> 
     """With a channels_last input every residual branch gets channels_last rows, every block
     returns channels_last, and the gradient each block hands back is channels_last."""
     torch.manual_seed(0)
-    model = apply_stochastic_depth(build_model("resnet50", 10), "auto", method, 0.5,
-                                   sample_impl=impl).to(memory_format=torch.channels_last)
+    model = apply_stochastic_depth(
+        build_model("resnet50", 10), "auto", method, 0.5, sample_impl=impl
+    ).to(memory_format=torch.channels_last)
     cl = torch.channels_last
     seen: list[tuple[str, bool]] = []
 

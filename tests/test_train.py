@@ -31,11 +31,13 @@ from sd_tune.train import (
     stochastic_depth_from_config,
 )
 
-HAS_FMNIST = all((DEBIAN_FASHION_MNIST / f"{n}-idx{d}-ubyte.gz").is_file()
-                 for n, d in (("train-images", 3), ("train-labels", 1),
-                              ("t10k-images", 3), ("t10k-labels", 1)))
-needs_fmnist = pytest.mark.skipif(not HAS_FMNIST,
-                                  reason=f"Fashion-MNIST not in {DEBIAN_FASHION_MNIST}")
+HAS_FMNIST = all(
+    (DEBIAN_FASHION_MNIST / f"{n}-idx{d}-ubyte.gz").is_file()
+    for n, d in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3), ("t10k-labels", 1))
+)
+needs_fmnist = pytest.mark.skipif(
+    not HAS_FMNIST, reason=f"Fashion-MNIST not in {DEBIAN_FASHION_MNIST}"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -130,8 +132,9 @@ def test_learns_fashion_mnist_and_not_shuffled_labels(tmp_path: Path) -> None:
     assert last["val_acc"] > 0.5 and last["test_acc"] > 0.5  # chance is 0.1; about 0.68 here
 
     d = cfg.dataset
-    splits = load_splits(d.name, max_train_samples=d.max_train_samples,
-                         max_eval_samples=d.max_eval_samples)
+    splits = load_splits(
+        d.name, max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples
+    )
     rng = np.random.default_rng(0)
     shuffled = torch.from_numpy(rng.permutation(splits.train.y.numpy()))
     splits.train = InMemorySplit(splits.train.x, shuffled)
@@ -167,8 +170,9 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     for key, tensor in sa["model"].items():
         assert torch.equal(tensor, sb["model"][key]), key
     assert sa["scheduler"]["last_epoch"] == sb["scheduler"]["last_epoch"] == sb["total_steps"]
-    for group_a, group_b in zip(sa["optimizer"]["param_groups"],
-                                sb["optimizer"]["param_groups"], strict=True):
+    for group_a, group_b in zip(
+        sa["optimizer"]["param_groups"], sb["optimizer"]["param_groups"], strict=True
+    ):
         assert group_a == group_b
     for key, st in sa["optimizer"]["state"].items():
         assert torch.equal(st["momentum_buffer"], sb["optimizer"]["state"][key]["momentum_buffer"])
@@ -179,15 +183,19 @@ def test_resume_is_exact(tmp_path: Path) -> None:
 
 def test_forced_nan_stops_with_epoch_and_step(tmp_path: Path) -> None:
     rec = Recorder(tmp_path)
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at epoch 2, "
-                                                 r"step 1 .*fail_at_epoch=2"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite training loss \(nan\) at epoch 2, "
+        r"step 1 .*fail_at_epoch=2",
+    ):
         run_trial(tiny_cfg(fail_at_epoch=2), rec, log=lambda _: None)
     assert [m["epoch"] for m in rec.metrics] == [1]
 
 
 @pytest.mark.parametrize("every", [1, 3, 50])
-def test_nan_is_named_at_its_step_and_stops_within_the_check_interval(tmp_path: Path,
-                                                                       every: int) -> None:
+def test_nan_is_named_at_its_step_and_stops_within_the_check_interval(
+    tmp_path: Path, every: int
+) -> None:
     """The loop reads the device every ``nan_check_every`` steps: the error still names the
     first non-finite step (epoch 2, step 1: global step 9 of 8-step epochs), training stops
     within that many steps (or at the epoch's end), and the checkpoint reported last holds
@@ -233,8 +241,9 @@ def test_compile_true_on_cpu_trains_reports_compile_time_and_resumes(tmp_path: P
     assert out["compile_time_s"] >= first["compile_time_s"]
 
 
-@pytest.mark.parametrize(("method", "impl"), [("sample", "mask"), ("sample", "subset"),
-                                              ("block", "mask")])
+@pytest.mark.parametrize(
+    ("method", "impl"), [("sample", "mask"), ("sample", "subset"), ("block", "mask")]
+)
 def test_every_method_trains(tmp_path: Path, method: str, impl: str) -> None:
     cfg = tiny_cfg(epochs=1)
     sd = cfg.stochastic_depth
@@ -249,8 +258,7 @@ def test_every_method_trains(tmp_path: Path, method: str, impl: str) -> None:
 
 def test_max_steps_per_epoch_caps_the_schedule(tmp_path: Path) -> None:
     rec = Recorder(tmp_path)
-    run_trial(tiny_cfg(epochs=1, max_steps_per_epoch=3, warmup_epochs=0.0), rec,
-              log=lambda _: None)
+    run_trial(tiny_cfg(epochs=1, max_steps_per_epoch=3, warmup_epochs=0.0), rec, log=lambda _: None)
     state = load_checkpoint(rec.dirs[0])
     assert state["global_step"] == state["total_steps"] == 3
     assert rec.metrics[0]["lr"] == pytest.approx(0.1 * lr_factor(2, 3, 0))
@@ -297,8 +305,7 @@ def test_weight_decay_only_on_conv_and_linear_weights() -> None:
     assert all(n.endswith("weight") and ("conv" in n or n == "fc.weight") for n in decayed)
     assert "fc.bias" in not_decayed and "bn1.weight" in not_decayed
     assert all(".bn" in n or n.startswith("bn") or n.endswith("bias") for n in not_decayed)
-    assert [len(g["params"]) for g in param_groups(model, 0.1)] == [len(decayed),
-                                                                    len(not_decayed)]
+    assert [len(g["params"]) for g in param_groups(model, 0.1)] == [len(decayed), len(not_decayed)]
 
 
 def test_ddp_kwargs_follow_the_method() -> None:
@@ -318,8 +325,12 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
             out = Path(out_dir) / method
             calls: list[tuple[dict[str, float], bool]] = []
 
-            def report(metrics: dict[str, float], checkpoint_dir: str | None,
-                       calls: list = calls, out: Path = out) -> None:
+            def report(
+                metrics: dict[str, float],
+                checkpoint_dir: str | None,
+                calls: list = calls,
+                out: Path = out,
+            ) -> None:
                 if checkpoint_dir is not None:
                     shutil.copytree(checkpoint_dir, out / f"ckpt{len(calls) + 1}")
                 calls.append((metrics, checkpoint_dir is not None))
@@ -331,8 +342,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_report_in_step(tmp_path: Path,
-                                      run_two_ranks: Callable[..., None]) -> None:
+def test_ddp_two_ranks_report_in_step(tmp_path: Path, run_two_ranks: Callable[..., None]) -> None:
     run_two_ranks(_ddp_worker, str(tmp_path / "init"), str(tmp_path))
     for method in ("sample", "block"):
         out = tmp_path / method
@@ -360,20 +370,28 @@ def test_replay_reports_past_epochs_of_a_resumed_run(tmp_path: Path) -> None:
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         seen.append((metrics, checkpoint_dir))
 
-    run_trial(tiny_cfg(epochs=2), report, resume_dir=first.dirs[0], replay=True,
-              log=lambda _: None)
+    run_trial(tiny_cfg(epochs=2), report, resume_dir=first.dirs[0], replay=True, log=lambda _: None)
     assert [m["epoch"] for m, _ in seen] == [1, 2]
     assert seen[0][0] == first.metrics[0] and seen[0][1] is None  # the same numbers, replayed
     assert seen[1][1] is not None  # epoch 2 is trained and checkpointed
     again: list[dict[str, float]] = []
     last = Recorder(tmp_path / "last")
     run_trial(tiny_cfg(epochs=2), last, log=lambda _: None)
-    run_trial(tiny_cfg(epochs=2), lambda m, c: again.append(m), resume_dir=last.dirs[-1],
-              replay=True, log=lambda _: None)
+    run_trial(
+        tiny_cfg(epochs=2),
+        lambda m, c: again.append(m),
+        resume_dir=last.dirs[-1],
+        replay=True,
+        log=lambda _: None,
+    )
     assert again == last.metrics  # finished run: every epoch replayed, nothing trained
     quiet: list[dict[str, float]] = []
-    run_trial(tiny_cfg(epochs=2), lambda m, c: quiet.append(m), resume_dir=last.dirs[-1],
-              log=lambda _: None)
+    run_trial(
+        tiny_cfg(epochs=2),
+        lambda m, c: quiet.append(m),
+        resume_dir=last.dirs[-1],
+        log=lambda _: None,
+    )
     assert quiet == []
 
 
@@ -392,14 +410,17 @@ def test_a_planted_checkpoint_never_runs(tmp_path: Path) -> None:
     planted = tmp_path / "planted"
     planted.mkdir()
     for fmt in (1, 2):  # sd-tune's old format and its current one
-        torch.save({"format": fmt, "epoch": 1, "config": _Planted(str(marker))},
-                   planted / CHECKPOINT_FILE)
-        with pytest.raises(ValueError, match=r"is not a checkpoint sd-tune can load: sd-tune "
-                                             r"reads only tensors and plain data"):
+        torch.save(
+            {"format": fmt, "epoch": 1, "config": _Planted(str(marker))}, planted / CHECKPOINT_FILE
+        )
+        with pytest.raises(
+            ValueError,
+            match=r"is not a checkpoint sd-tune can load: sd-tune "
+            r"reads only tensors and plain data",
+        ):
             load_checkpoint(planted)
         with pytest.raises(ValueError, match="is not a checkpoint sd-tune can load"):
-            run_trial(tiny_cfg(epochs=2), lambda m, c: None, resume_dir=planted,
-                      log=lambda _: None)
+            run_trial(tiny_cfg(epochs=2), lambda m, c: None, resume_dir=planted, log=lambda _: None)
         assert not marker.exists()
 
 
@@ -410,6 +431,9 @@ def test_a_checkpoint_of_the_old_format_gets_a_clear_message(tmp_path: Path) -> 
     state["format"] = 1
     state["rng"] = [{"torch": torch.get_rng_state(), "numpy": np.random.get_state()}]
     torch.save(state, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match=r"older than checkpoint format 2, or not by sd-tune: "
-                                         r"train the run again under a new name"):
+    with pytest.raises(
+        ValueError,
+        match=r"older than checkpoint format 2, or not by sd-tune: "
+        r"train the run again under a new name",
+    ):
         load_checkpoint(tmp_path / "old.pt")

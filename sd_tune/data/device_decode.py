@@ -60,12 +60,12 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
             i += 2
             continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
         if marker in _SOF:
             if i + 10 > len(data):
                 return None
-            height = int.from_bytes(data[i + 5:i + 7], "big")
-            width = int.from_bytes(data[i + 7:i + 9], "big")
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
             return height, width, data[i + 9]
         i += 2 + length
     return None
@@ -100,8 +100,9 @@ class EncodedImages(Dataset):
         return _pil_pixels(data), target, False
 
 
-def collate_encoded(batch: list[tuple[torch.Tensor, int, bool]]
-                    ) -> tuple[list[torch.Tensor], list[bool], torch.Tensor]:
+def collate_encoded(
+    batch: list[tuple[torch.Tensor, int, bool]],
+) -> tuple[list[torch.Tensor], list[bool], torch.Tensor]:
     """Keep the images as a list (each has its own size): (images, is_jpeg, labels).
 
     >>> batch = [(torch.zeros(5), 3, True), (torch.zeros(9), 1, True)]
@@ -109,8 +110,11 @@ def collate_encoded(batch: list[tuple[torch.Tensor, int, bool]]
     >>> [len(i) for i in images], labels.tolist()
     ([5, 9], [3, 1])
     """
-    return ([b[0] for b in batch], [b[2] for b in batch],
-            torch.tensor([b[1] for b in batch], dtype=torch.int64))
+    return (
+        [b[0] for b in batch],
+        [b[2] for b in batch],
+        torch.tensor([b[1] for b in batch], dtype=torch.int64),
+    )
 
 
 def decode_on(device: torch.device, datas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -128,8 +132,7 @@ def decode_on(device: torch.device, datas: Sequence[torch.Tensor]) -> list[torch
     if not datas:
         return []
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
-        warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                module=r"torchvision\.io")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         try:
             out = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
             return list(out)
@@ -144,9 +147,13 @@ def decode_on(device: torch.device, datas: Sequence[torch.Tensor]) -> list[torch
         return images
 
 
-def crop_params(height: int, width: int, gen: torch.Generator,
-                scale: tuple[float, float] = (0.08, 1.0),
-                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def crop_params(
+    height: int,
+    width: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random resized crop: torchvision's RandomResizedCrop rule (ten
     tries at a random area and aspect ratio, else the centre crop within the ratio), drawn
     from ``gen``.
@@ -179,8 +186,9 @@ def crop_params(height: int, width: int, gen: torch.Generator,
 
 def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 or float C x H x W -> float 1 x C x h x w in [0, 255], bilinear, antialiased."""
-    return F.interpolate(img[None].float(), size=size, mode="bilinear", antialias=True,
-                         align_corners=False).clamp_(0, 255)
+    return F.interpolate(
+        img[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+    ).clamp_(0, 255)
 
 
 def train_view(img: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -192,7 +200,7 @@ def train_view(img: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tens
     (1, 3, 224, 224)
     """
     top, left, h, w = crop_params(img.shape[-2], img.shape[-1], gen)
-    out = _resize(img[:, top:top + h, left:left + w], (size, size))
+    out = _resize(img[:, top : top + h, left : left + w], (size, size))
     if bool(torch.rand(1, generator=gen) < 0.5):
         out = out.flip(-1)
     return out
@@ -211,7 +219,7 @@ def eval_view(img: torch.Tensor, size: int) -> torch.Tensor:
     out = _resize(img, new)
     top = round((new[0] - size) / 2.0)
     left = round((new[1] - size) / 2.0)
-    return out[..., top:top + size, left:left + size]
+    return out[..., top : top + size, left : left + size]
 
 
 class DeviceDecodeLoader:
@@ -220,10 +228,22 @@ class DeviceDecodeLoader:
     ``DistributedSampler`` (shuffle with ``seed + epoch``, drop_last), evaluation each sample
     once over all ranks. Crops and flips are drawn from ``(seed, epoch, rank)``."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], *, batch_size: int, train: bool,
-                 image_size: int, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 seed: int = 0, num_workers: int = 8, channels_last: bool = False):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        *,
+        batch_size: int,
+        train: bool,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        num_workers: int = 8,
+        channels_last: bool = False,
+    ):
         self.device = torch.device(device)
         self.train = train
         self.image_size = image_size
@@ -231,10 +251,17 @@ class DeviceDecodeLoader:
         self.channels_last = channels_last
         dataset = EncodedImages(samples)
         self.sampler: DistributedSampler | ShardSampler = rank_sampler(
-            dataset, train=train, rank=rank, world_size=world_size, seed=seed)
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, collate_fn=collate_encoded,
-                                 drop_last=train, persistent_workers=num_workers > 0)
+            dataset, train=train, rank=rank, world_size=world_size, seed=seed
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=collate_encoded,
+            drop_last=train,
+            persistent_workers=num_workers > 0,
+        )
         self.num_samples = len(self.loader) * batch_size if train else len(self.sampler)
         std_t = torch.tensor(list(std), dtype=torch.float32)
         mean_t = torch.tensor(list(mean), dtype=torch.float32)
@@ -259,8 +286,9 @@ class DeviceDecodeLoader:
         size = self.image_size
         for items, is_jpeg, y in self.loader:
             images = self._images(items, is_jpeg)
-            views = [train_view(img, size, gen) if self.train else eval_view(img, size)
-                     for img in images]
+            views = [
+                train_view(img, size, gen) if self.train else eval_view(img, size) for img in images
+            ]
             x = torch.cat(views).mul_(self._scale).add_(self._shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -278,4 +306,3 @@ def pick_decoder(decode: str, device: torch.device) -> str:
     if decode == "auto":
         return "device" if device.type == "cuda" else "pil"
     return decode
-

@@ -280,9 +280,7 @@ def load_splits(
         val_idx = val_idx[
             stratified_subset(labels[val_idx], max_eval_samples, [split_seed, TAG_VAL_SUBSET])
         ]
-        test_idx = stratified_subset(
-            _labels(test), max_eval_samples, [split_seed, TAG_TEST_SUBSET]
-        )
+        test_idx = stratified_subset(_labels(test), max_eval_samples, [split_seed, TAG_TEST_SUBSET])
 
     if isinstance(full_train, InMemorySplit):
         train_split: Split = full_train.subset(train_idx)
