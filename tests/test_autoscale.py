@@ -281,6 +281,8 @@ def launch(
     cluster: FakeCluster, tmp_path: Path, space: str, *args: str, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "space.yaml"
+    if "\nspace:" not in f"\n{space}":  # launch refuses a space that searches nothing
+        space += "space: {stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}}\n"
     path.write_text(space)
     return subprocess.run(
         [
