@@ -13,26 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sd_tune.config import TrialConfig, space_from_dict
+from sd_tune.config import EPOCH_METRICS, TrialConfig, space_from_dict
 
 # The trial tests train on Ray; the resource and storage checks below are plain functions.
 real_trial = pytest.mark.skipif(
     not Path("/usr/share/datasets/fashion-mnist").is_dir(),
     reason="needs Debian's dataset-fashion-mnist",
-)
-
-EPOCH_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_acc5",
-    "train_time_s",
-    "wall_time_s",
-    "images_per_s",
-    "lr",
-    "expected_depth",
 )
 
 
@@ -80,7 +66,7 @@ def test_fashion_mnist_two_workers_learns(ray_session: None, tmp_path: Path) -> 
     metrics = read_metrics(run_dir(str(tmp_path), "learn"))
     assert metrics == seen and len(metrics) == 1
     m = metrics[0]
-    for key in (*EPOCH_KEYS, "test_acc"):
+    for key in (*EPOCH_METRICS, "test_acc"):
         assert isinstance(m[key], (int, float)) and m[key] == m[key], key
     # 10 classes: chance is 0.10; a model trained on shuffled labels stays near it.
     assert m["val_acc"] > 0.5, m
