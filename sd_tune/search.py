@@ -255,7 +255,8 @@ class Progress(tune.Callback):
     epoch/epochs, val_acc, images/s, time left for the trial and for the search), at most one
     every ``interval_s`` seconds so that a fast search does not flood the terminal (a trial's
     first report always shows). When a trial ends: one status line, done/running/failed of the
-    total, best final objectives, elapsed time and time left; failed trials with their reason.
+    total, each objective's best final value (possibly from different trials), elapsed time
+    and time left; failed trials with their reason.
     Counts come from Tune's trial list, so they hold after a resume too."""
 
     def __init__(
@@ -364,10 +365,11 @@ class Progress(tune.Callback):
             per = sum(self.durations) / len(self.durations)
             slots = max(1, running)
             eta = f", ~{_fmt_duration(per * (total - done - failed) / slots)} left"
-        best = ", ".join(f"{k} {v:.4g}" for k, v in self.best.items()) or "-"
+        modes = {o.metric: o.mode for o in self.spec.objectives}
+        best = ", ".join(f"{k} {v:.4g} ({modes[k]})" for k, v in self.best.items()) or "-"
         self.say(
             f"{_fmt_duration(elapsed)} trials: {done} done, {running} running, "
-            f"{failed} failed of {total} | best final {best}{eta}"
+            f"{failed} failed of {total} | best of each objective so far: {best}{eta}"
         )
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

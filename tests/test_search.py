@@ -83,6 +83,13 @@ def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
     exp = tmp_path / "smoke"
     assert "Pareto front" in out and f"tensorboard --logdir {exp}" in out
     assert "trials: 3 done, 0 running, 0 failed of 3" in out
+    # The status line names each objective's best so far with its direction.
+    assert re.search(
+        r"trials: 3 done, 0 running, 0 failed of 3 \| best of each objective so far: "
+        r"val_acc 0\.\d+ \(max\), train_time_s [\d.]+ \(min\)$",
+        out,
+        re.M,
+    ), out
     # While the first trial runs, its epoch reports show before any trial has ended.
     lines = out.splitlines()
     first_end = next(i for i, line in enumerate(lines) if "trials: 1 done" in line)
