@@ -41,6 +41,7 @@ from sd_tune.cluster import (
     alive_nodes,
     gpus_per_worker,
     node_list,
+    node_resources,
     worker_resources,
     worker_slots,
 )
@@ -171,7 +172,7 @@ def scale_plan(
     slots_max = slots_now + sum(worker_slots(trial, [t.resources]) * k for t, k in more)
     wait = slots_now < r.num_workers
     if slots_max < r.num_workers:
-        worker = " + ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
+        worker = node_list([worker_resources(trial)])
         listed = "; ".join(
             f"{t.describe()}, up to {t.max_workers} node"
             + ("s" if t.max_workers != 1 else "")
@@ -282,6 +283,10 @@ def _count(value: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in (value or {}).items()}
 
 
+def _autoscaler_report(status: dict[str, Any] | None) -> dict[str, Any]:
+    return (status or {}).get("autoscaler_report") or {}
+
+
 def running_by_type(status: dict[str, Any] | None) -> dict[str, int]:
     """Nodes of each type up (whose raylet reports), from the autoscaler's status JSON. Nodes
     still launching are not counted: they are among what the autoscaler may add.
@@ -290,7 +295,7 @@ def running_by_type(status: dict[str, Any] | None) -> dict[str, int]:
     ...     "pending_nodes": [["10.0.0.3", "gpu", "setting-up"]], "pending_launches": {"gpu": 1}}})
     {'head': 1, 'gpu': 1}
     """
-    report = (status or {}).get("autoscaler_report") or {}
+    report = _autoscaler_report(status)
     return _count(report.get("active_nodes"))
 
 
@@ -301,7 +306,7 @@ def pending_by_type(status: dict[str, Any] | None) -> dict[str, int]:
     ...                                        "pending_launches": {"gpu": 1}}})
     {'gpu': 2}
     """
-    report = (status or {}).get("autoscaler_report") or {}
+    report = _autoscaler_report(status)
     out: dict[str, int] = {}
     for _ip, name, _state in report.get("pending_nodes") or []:
         out[name] = out.get(name, 0) + 1
@@ -320,7 +325,7 @@ def failures_from_status(status: dict[str, Any] | None) -> list[str]:
     ...     "description": "not authorized to perform: iam:PassRole"}}}}}})
     ['gpu: UnauthorizedOperation: not authorized to perform: iam:PassRole', '1 gpu node failed']
     """
-    report = (status or {}).get("autoscaler_report") or {}
+    report = _autoscaler_report(status)
     out = []
     avail = (report.get("node_availability_summary") or {}).get("node_availabilities") or {}
     for name, record in sorted(avail.items()):
@@ -548,7 +553,7 @@ def read_head() -> dict[str, Any] | None:
 def is_readonly(status: dict[str, Any] | None) -> bool:
     """Whether the status is that of Ray's read-only autoscaler (a cluster started without an
     autoscaling config: each node its own type ``node_<id>``, nothing can be added)."""
-    active = ((status or {}).get("autoscaler_report") or {}).get("active_nodes") or {}
+    active = _autoscaler_report(status).get("active_nodes") or {}
     return bool(active) and all(_READONLY_TYPE.fullmatch(name) for name in active)
 
 
@@ -599,7 +604,7 @@ def wait_for_nodes(
             left = timeout_s - (time.monotonic() - start)
             ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, min(poll_s, left)))
             if ready:
-                up = [n for n in _alive_resources()]
+                up = node_resources()
                 say(
                     f"nodes for a trial are up after {time.monotonic() - start:.0f} s "
                     f"({node_list(up)})"
@@ -607,7 +612,7 @@ def wait_for_nodes(
                 return None
             if left <= 0:
                 return timeout_message(
-                    trial, plan, timeout_s, _alive_resources(), head_failures(read_head())
+                    trial, plan, timeout_s, node_resources(), head_failures(read_head())
                 )
             if time.monotonic() - last >= report_every_s:
                 last = time.monotonic()
@@ -620,16 +625,9 @@ def wait_for_nodes(
 def head_failures(head: dict[str, Any] | None) -> list[str]:
     """The launch failures the autoscaler reports (its status, else its log)."""
     found = failures_from_status((head or {}).get("status"))
-    logged = [
-        e
-        for e in (head or {}).get("launch_errors") or []
-        if e.split(":", 1)[0] not in {f.split(":", 1)[0] for f in found}
-    ]
+    kinds = {f.split(":", 1)[0] for f in found}
+    logged = [e for e in (head or {}).get("launch_errors") or [] if e.split(":", 1)[0] not in kinds]
     return found + logged
-
-
-def _alive_resources() -> list[dict[str, float]]:
-    return [{k: float(v) for k, v in n["Resources"].items()} for n in alive_nodes()]
 
 
 def _progress(elapsed: float, head: dict[str, Any] | None) -> str:

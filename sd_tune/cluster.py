@@ -221,7 +221,7 @@ def resource_problem(
         )
     slots = worker_slots(trial, nodes)
     if slots < r.num_workers:
-        worker = " + ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
+        worker = node_list([worker_resources(trial)])
         return (
             f"the trial needs {r.num_workers} workers of {worker} each, and a worker "
             f"must fit on one node, but the cluster's nodes ({node_list(nodes)}) hold "
