@@ -517,6 +517,7 @@ class Trial:
     test_loader: Loader
     steps_per_epoch: int
     total_steps: int
+    warmup_steps: int  # of the learning rate
     model: nn.Module  # the plain model: what checkpoints hold, what evaluation runs
     sd: StochasticDepth
     optimizer: torch.optim.Optimizer
@@ -620,6 +621,7 @@ def setup_trial(
         test_loader=test_loader,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
+        warmup_steps=warmup_steps,
         model=model,
         sd=sd,
         optimizer=optimizer,
@@ -715,9 +717,11 @@ def train_one_epoch(trial: Trial, state: TrialState, epoch: int) -> EpochTotals:
     compile_before = compile_seconds()
     _sync(device)
     t_epoch = time.perf_counter()
-    for step, (x, y) in enumerate(trial.train_loader, start=1):
-        if step > trial.steps_per_epoch:
+    steps = 0
+    for x, y in trial.train_loader:
+        if steps == trial.steps_per_epoch:
             break
+        steps += 1
         trial.sd.set_progress(min(1.0, state.global_step / trial.total_steps))
         lr = trial.optimizer.param_groups[0]["lr"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trial.bf16):
@@ -738,9 +742,10 @@ def train_one_epoch(trial: Trial, state: TrialState, epoch: int) -> EpochTotals:
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(dim=1) == y).sum()
         seen += n
-        if step % every == 0:
+        if steps % every == 0:
             _check_finite(trial, first_bad, bad_loss)
-    _check_finite(trial, first_bad, bad_loss)
+    if steps % every:  # the steps since the last check (a check right at the end is done)
+        _check_finite(trial, first_bad, bad_loss)
     _sync(device)
     elapsed = time.perf_counter() - t_epoch
     compiled = compile_seconds() - compile_before
@@ -770,9 +775,7 @@ def _check_finite(trial: Trial, first_bad: Tensor, bad_loss: Tensor) -> None:
     t = trial.cfg.train
     spe = trial.steps_per_epoch
     epoch, step = (gs - 1) // spe + 1, (gs - 1) % spe + 1
-    lr = t.lr * lr_factor(
-        gs - 1, trial.total_steps, min(trial.total_steps, round(t.warmup_epochs * spe))
-    )
+    lr = t.lr * lr_factor(gs - 1, trial.total_steps, trial.warmup_steps)
     own = int(first_bad.item()) == gs
     stopped_at = trial.scheduler.last_epoch  # optimizer steps taken so far
     raise _nan_error(
@@ -796,13 +799,17 @@ def epoch_metrics(
     state.train_time_s += totals.seconds
     compile_before = compile_seconds()
     _broadcast_buffers(trial.model, trial.world_size)
-    val = evaluate(
-        trial.eval_model,
-        trial.val_loader,
-        device=device,
-        world_size=trial.world_size,
-        autocast=trial.bf16,
-    )
+
+    def run_eval(loader: Loader) -> dict[str, float]:
+        return evaluate(
+            trial.eval_model,
+            loader,
+            device=device,
+            world_size=trial.world_size,
+            autocast=trial.bf16,
+        )
+
+    val = run_eval(trial.val_loader)
     metrics = {
         "epoch": float(epoch),
         "train_loss": totals.loss / totals.seen,
@@ -820,13 +827,7 @@ def epoch_metrics(
         "param_checksum": _param_checksum(trial.model),
     }
     if epoch == cfg.train.epochs:
-        test = evaluate(
-            trial.eval_model,
-            trial.test_loader,
-            device=device,
-            world_size=trial.world_size,
-            autocast=trial.bf16,
-        )
+        test = run_eval(trial.test_loader)
         metrics.update(test_loss=test["loss"], test_acc=test["acc"], test_acc5=test["acc5"])
     state.compile_time_s += totals.compile_seconds + compile_seconds() - compile_before
     metrics["compile_time_s"] = state.compile_time_s
