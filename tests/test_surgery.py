@@ -143,6 +143,20 @@ def test_warmup_ramps_rates_then_holds_them(method: str) -> None:
         assert [b.drop_rate for b in stochastic_blocks(model)] == full  # exactly, not approx
     set_drop_progress(model, 0.1, 0.2)
     assert expected_depth(model) == pytest.approx(sum(1 - r / 2 for r in full))
+    sd.set_progress(1.0)  # after rates were lowered by the functional API, back to full
+    assert [b.drop_rate for b in stochastic_blocks(model)] == full
+
+
+def test_set_progress_moves_the_rates_of_each_model_it_is_applied_to() -> None:
+    sd = StochasticDepth("auto", "sample", drop_rate=0.4, drop_warmup=0.2)
+    first = sd.apply(build_model("cifar_resnet20", 10))
+    sd.set_progress(1.0)
+    second = sd.apply(build_model("cifar_resnet20", 10))  # its rates start at 0 (warmup)
+    sd.set_progress(1.0)
+    assert [b.drop_rate for b in stochastic_blocks(second)] == [
+        b.target_drop_rate for b in stochastic_blocks(first)
+    ]
+    assert stochastic_blocks(second)[-1].drop_rate == 0.4
 
 
 def test_no_warmup_means_full_rates_from_the_start() -> None:
