@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sd_tune.data.formats import normalization
 from sd_tune.data.samplers import ShardSampler, rank_sampler, seed_from
 
 DECODERS: tuple[str, ...] = ("auto", "pil", "device")
@@ -86,7 +87,6 @@ class EncodedImages(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]]):
         self.samples = list(samples)
-        self.targets = [t for _, t in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -263,10 +263,7 @@ class DeviceDecodeLoader:
             persistent_workers=num_workers > 0,
         )
         self.num_samples = len(self.loader) * batch_size if train else len(self.sampler)
-        std_t = torch.tensor(list(std), dtype=torch.float32)
-        mean_t = torch.tensor(list(mean), dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
-        self._shift = (-mean_t / std_t).view(1, -1, 1, 1).to(self.device)
+        self._scale, self._shift = normalization(mean, std, self.device)
 
     def __len__(self) -> int:
         return len(self.loader)

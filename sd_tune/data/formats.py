@@ -63,6 +63,22 @@ class DatasetInfo:
     std: tuple[float, ...]
 
 
+def normalization(
+    mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each ``1 x C x 1 x 1`` on ``device``, such that
+    ``pixels * scale + shift`` is ``(pixels / 255 - mean) / std`` for uint8 pixels.
+
+    >>> scale, shift = normalization([0.5], [0.25], torch.device("cpu"))
+    >>> (torch.tensor([0.0, 255.0]).view(1, 1, 1, 2) * scale + shift).flatten().tolist()
+    [-2.0, 2.0]
+    """
+    std_t = torch.tensor(list(std), dtype=torch.float32)
+    mean_t = torch.tensor(list(mean), dtype=torch.float32)
+    scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(device)
+    return scale, (-mean_t / std_t).view(1, -1, 1, 1).to(device)
+
+
 @dataclass
 class InMemorySplit:
     """One split held in memory: ``x`` uint8 ``N x C x H x W``, ``y`` int64 ``N``.

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sd_tune.data.device_decode import DeviceDecodeLoader, pick_decoder
-from sd_tune.data.formats import DatasetInfo, ImageFolderSubset, InMemorySplit
+from sd_tune.data.formats import DatasetInfo, ImageFolderSubset, InMemorySplit, normalization
 from sd_tune.data.samplers import ShardSampler, rank_sampler, seed_from
 from sd_tune.data.splits import Splits
 
@@ -107,15 +107,12 @@ class InMemoryLoader:
             self._x = split.x[shard].to(self.device)
             self._y = split.y[shard].to(self.device)
         channels = split.x.shape[1]
-        std = torch.tensor(info.std, dtype=torch.float32)
-        mean = torch.tensor(info.mean, dtype=torch.float32)
-        if len(std) != channels or len(mean) != channels:
+        if len(info.std) != channels or len(info.mean) != channels:
             raise ValueError(
                 f"DatasetInfo mean/std must have one value per channel ({channels}), but got "
-                f"{len(mean)} and {len(std)}"
+                f"{len(info.mean)} and {len(info.std)}"
             )
-        self._scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(self.device)
-        self._shift = (-mean / std).view(1, -1, 1, 1).to(self.device)
+        self._scale, self._shift = normalization(info.mean, info.std, self.device)
 
     def __len__(self) -> int:
         return self._batches
