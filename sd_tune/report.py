@@ -39,6 +39,7 @@ from sd_tune.storage import replace_file
 from sd_tune.tensorboard import (
     TENSORBOARD_DIR,
     drop_rate_figure,
+    goal,
     pareto_figure,
     png,
     write_tensorboard,
@@ -384,16 +385,14 @@ def summary_markdown(
     """
     counts = Counter(str(r.get("status", "unknown")) for r in records)
     order = [s for s in STATUSES if counts[s]] + sorted(s for s in counts if s not in STATUSES)
-    goal = ", ".join(
-        f"{'maximise' if o.mode == 'max' else 'minimise'} `{o.metric}`" for o in objectives
-    )
+    directions = goal(objectives, quote="`")
     lines = [f"# sd-tune results: {name}", ""]
     if not records:
         lines += ["No trials: nothing was run or recorded.", ""]
     else:
         by_status = ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in order)
         lines += [f"{len(records)} trial{'s' if len(records) != 1 else ''}: {by_status}.", ""]
-    lines += [f"Objectives: {goal}.", ""]
+    lines += [f"Objectives: {directions}.", ""]
 
     lines += [f"## Best by {objectives[0].metric}", ""]
     if front:

@@ -92,9 +92,15 @@ AXIS_LABELS = {
 # --------------------------------------------------------------------------- figures
 
 
-def _goal(objectives: Sequence[Objective]) -> str:
+def goal(objectives: Sequence[Objective], quote: str = "") -> str:
+    """The objectives' directions, for titles and the summary.
+
+    >>> goal([Objective("val_acc", "max"), Objective("train_time_s", "min")], quote="`")
+    'maximise `val_acc`, minimise `train_time_s`'
+    """
     return ", ".join(
-        f"{'maximise' if o.mode == 'max' else 'minimise'} {o.metric}" for o in objectives
+        f"{'maximise' if o.mode == 'max' else 'minimise'} {quote}{o.metric}{quote}"
+        for o in objectives
     )
 
 
@@ -162,18 +168,24 @@ def _label_points(
     for (px, py), radius in [*((p, 8) for p in points), *((p, 5) for p in avoid)]:
         x, y = ax.transData.transform((px, py))
         taken.append(Bbox.from_extents(x - radius, y - radius, x + radius, y + radius))
+
+    def place(point: tuple[float, float], label: str, dx: int, dy: int, **style: Any) -> Any:
+        # the same text when a place is measured and when the label is drawn
+        return ax.annotate(
+            label,
+            point,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=7,
+            ha="left" if dx > 0 else "right",
+            va="center",
+            **style,
+        )
+
     for point, label in zip(points, labels):
         best: tuple[float, tuple[int, int], Any] | None = None
         for dx, dy in _LABEL_OFFSETS:
-            text = ax.annotate(
-                label,
-                point,
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=7,
-                ha="left" if dx > 0 else "right",
-                va="center",
-            )
+            text = place(point, label, dx, dy)
             box = text.get_window_extent(renderer)
             text.remove()
             covered = (
@@ -188,14 +200,11 @@ def _label_points(
         assert best is not None
         (dx, dy), box = best[1], best[2]
         line = dict(arrowstyle="-", color="0.5", linewidth=0.6, shrinkA=0, shrinkB=6)
-        ax.annotate(
-            label,
+        place(
             point,
-            xytext=(dx, dy),
-            textcoords="offset points",
-            fontsize=7,
-            ha="left" if dx > 0 else "right",
-            va="center",
+            label,
+            dx,
+            dy,
             arrowprops=line if dy else None,
             bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8),
         )
@@ -286,7 +295,7 @@ def pareto_figure(
         )
     ax.set_xlabel(AXIS_LABELS.get(x_metric, x_metric))
     ax.set_ylabel(AXIS_LABELS.get(y_obj.metric, y_obj.metric))
-    ax.set_title(f"Pareto front: {_goal(objectives)}")
+    ax.set_title(f"Pareto front: {goal(objectives)}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -393,10 +402,7 @@ def drop_rate_figure(records: Sequence[Record], objective: Objective) -> Figure:
         )
     ax.set_xlabel(AXIS_LABELS[DROP_RATE])
     ax.set_ylabel(AXIS_LABELS.get(objective.metric, objective.metric))
-    ax.set_title(
-        f"{objective.metric} by drop rate and depth "
-        f"({'maximise' if objective.mode == 'max' else 'minimise'} {objective.metric})"
-    )
+    ax.set_title(f"{objective.metric} by drop rate and depth ({goal([objective])})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
