@@ -516,9 +516,8 @@ def _resume(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     _check_storage(exp_dir, "the experiment folder")
     with _locked(exp_dir, "sd-tune resume"):
-        finished, _ = search.finished_records(exp_dir)
         try:
-            note = search.check_state(exp_dir, len(finished))
+            note = search.check_state(exp_dir)
         except search.StateError as err:
             raise UsageError(str(err)) from err
         for line in [*notes, *([note] if note else [])]:

@@ -445,14 +445,12 @@ def validate_trial(trial: TrialConfig, problems: list[tuple[str, str]]) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(t, key) < 1:
             problems.append((f"train.{key}", f"must be >= 1, but got {getattr(t, key)}"))
-    for path, (largest, why) in LIMITS.items():
+    for path in LIMITS:
         section, _, key = path.partition(".")
-        value = getattr(getattr(trial, section), key, None) if section in SECTIONS else None
-        if isinstance(value, (int, float)) and value > largest:
-            problems.append((path, f"must be <= {largest} ({why}), but got {excerpt(value)}"))
-    for path, value in (("train.seed", t.seed), ("dataset.split_seed", d.split_seed)):
-        if not 0 <= value < SEED_LIMIT:
-            problems.append((path, f"`0 <= seed < 2**32` must hold, but got {excerpt(value)}"))
+        if section in SECTIONS:  # search.num_samples: _search
+            _check_limit(problems, path, getattr(getattr(trial, section), key, None))
+    _check_seed(problems, "train.seed", t.seed)
+    _check_seed(problems, "dataset.split_seed", d.split_seed)
     for key in ("lr",):
         if getattr(t, key) <= 0:
             problems.append((f"train.{key}", f"must be > 0, but got {getattr(t, key)}"))
@@ -929,6 +927,17 @@ def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
     return out
 
 
+def _check_limit(problems: list[tuple[str, str]], path: str, value: Any) -> None:
+    largest, why = LIMITS[path]
+    if isinstance(value, (int, float)) and value > largest:
+        problems.append((path, f"must be <= {largest} ({why}), but got {excerpt(value)}"))
+
+
+def _check_seed(problems: list[tuple[str, str]], path: str, value: Any) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        problems.append((path, f"`0 <= seed < 2**32` must hold, but got {excerpt(value)}"))
+
+
 def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
     raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
     if not isinstance(raw, dict):
@@ -939,18 +948,8 @@ def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
     _choice(problems, "search.sampler", search.sampler, SAMPLERS)
     if search.num_samples < 1:
         problems.append(("search.num_samples", f"must be >= 1, but got {search.num_samples}"))
-    largest, why = LIMITS["search.num_samples"]
-    if search.num_samples > largest:
-        problems.append(
-            (
-                "search.num_samples",
-                f"must be <= {largest} ({why}), but got {excerpt(search.num_samples)}",
-            )
-        )
-    if not 0 <= search.seed < SEED_LIMIT:
-        problems.append(
-            ("search.seed", f"`0 <= seed < 2**32` must hold, but got {excerpt(search.seed)}")
-        )
+    _check_limit(problems, "search.num_samples", search.num_samples)
+    _check_seed(problems, "search.seed", search.seed)
     if search.max_concurrent_trials is not None and search.max_concurrent_trials < 1:
         problems.append(
             (

@@ -727,14 +727,13 @@ def _state_copy(exp_dir: str) -> tuple[str, dict[str, bytes]] | None:
     return saved, files
 
 
-def check_state(exp_dir: str, finished: int = 0) -> str | None:
+def check_state(exp_dir: str) -> str | None:
     """Make sure ``Tuner.restore`` finds a whole state in ``exp_dir`` before it is called.
 
     Returns None when Tune's newest state reads back whole; a note when it did not and
     sd-tune's copy of the last good state (or an older whole session of Tune's) was put in
     its place (the files it replaces are kept, renamed ``<name>.set-aside-<time>``). Raises
     :class:`StateError` when there is nothing whole to restore from; then nothing is changed.
-    ``finished``: how many finished trials sd-tune's records hold, for the message.
     """
     names = store.list_files(exp_dir)
     newest = _newest_state(names)
@@ -787,6 +786,7 @@ def check_state(exp_dir: str, finished: int = 0) -> str | None:
                 f"Tune's newest state could not be restored ({problem}); restored the "
                 f"older {name} (the newer files are kept as <name>.set-aside-{stamp})"
             )
+    finished = len(finished_records(exp_dir)[0])  # read only for this message
     raise StateError(
         f"cannot resume {exp_dir}: Tune's state could not be restored ({problem}), and no "
         f"whole copy of it is there; nothing was changed. The {finished} finished trial(s) "
