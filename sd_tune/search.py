@@ -416,10 +416,18 @@ def _error_text(trial: Any) -> str:
     if getattr(trial, "path", None):  # the stored copy (a local experiment or a copy of one)
         paths.append(str(Path(trial.path) / "error.txt"))
     for p in paths:
-        with contextlib.suppress(OSError):
-            if p and Path(p).is_file():
-                return _read_local(Path(p)).decode(errors="replace")
+        text = _read_error_file(Path(p)) if p else None
+        if text is not None:
+            return text
     return ""
+
+
+def _read_error_file(path: Path) -> str | None:
+    """The text of an ``error.txt``; None when it is not there, unreadable or too large."""
+    try:
+        return _read_local(path).decode(errors="replace")
+    except (OSError, ValueError):  # ValueError: store.TooLarge
+        return None
 
 
 def _last_error_line(text: str) -> str:
@@ -434,11 +442,7 @@ def _last_error_line(text: str) -> str:
 
 
 def _read_local(path: Path, limit: int = MAX_TRIAL_FILE_BYTES) -> bytes:
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise store.TooLarge(f"{path} is larger than {limit:,} bytes")
-    return data
+    return store.read_bytes(str(path), limit)
 
 
 # --------------------------------------------------------------------------- the space file
@@ -570,7 +574,7 @@ class TrialRecords(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         text = _error_text(trial)
-        if store.is_disk_full(OSError(text)):
+        if store.says_disk_full(text):
             STORAGE_FULL.set()
         self._write(trial, "ERROR", _last_error_line(text))
         self._copy_state(trial)
@@ -609,7 +613,7 @@ class TrialRecords(tune.Callback):
         for kind, name in files.items():
             try:
                 content = _read_local(Path(staging, name), MAX_STATE_BYTES)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: store.TooLarge
                 return
             if _state_problem(kind, content) is not None:
                 return
@@ -808,7 +812,7 @@ def disk_full_failures(exp_dir: str) -> list[str]:
             )
         except (OSError, ValueError):
             continue
-        if store.is_disk_full(OSError(text.decode(errors="replace"))):
+        if store.says_disk_full(text.decode(errors="replace")):
             out.append(trial["trial_id"])
     return out
 
@@ -1106,10 +1110,8 @@ def _params_json(trial_dir: Path) -> dict[str, Any]:
 
 
 def _error_txt(trial_dir: Path) -> str | None:
-    try:
-        return _last_error_line(_read_local(trial_dir / "error.txt").decode(errors="replace"))
-    except OSError:
-        return None
+    text = _read_error_file(trial_dir / "error.txt")
+    return None if text is None else _last_error_line(text)
 
 
 def _node_ids(value: Any) -> list[str]:

@@ -131,9 +131,7 @@ def read_text(location: str) -> str:
     ...     read_text(join(folder, "a", "b.txt"))
     'hello'
     """
-    fs, path = _fs(location)
-    with fs.open_input_stream(path) as f:
-        return f.readall().decode()
+    return read_bytes(location).decode()
 
 
 def write_text(location: str, text: str) -> None:
@@ -283,6 +281,15 @@ def download(location: str, local: str | Path, skip: Iterable[str] = ()) -> list
 # --------------------------------------------------------------------------- full disks
 
 
+def says_disk_full(text: str) -> bool:
+    """Whether an error's text (a message, or a trial's ``error.txt``) is a full disk's.
+
+    >>> says_disk_full("OSError: [Errno 28] No space left on device: '/data/x'")
+    True
+    """
+    return "No space left on device" in text or "[Errno 28]" in text
+
+
 def is_disk_full(err: BaseException | None) -> bool:
     """Whether ``err``, or an error it was raised from, is a full disk (``ENOSPC``), however
     Ray or pyarrow wrapped it.
@@ -295,8 +302,7 @@ def is_disk_full(err: BaseException | None) -> bool:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:
             return True
-        text = str(err)
-        if "No space left on device" in text or "[Errno 28]" in text:
+        if says_disk_full(str(err)):
             return True
         err = err.__cause__ or err.__context__
     return False

@@ -608,3 +608,24 @@ def test_a_full_disk_ends_in_one_message_and_loses_nothing(
         if record["status"] == "completed":
             assert records[trial_id]["final"] == record["final"]
     assert sum(r["status"] == "completed" for r in records.values()) == 2, records
+
+
+def test_an_error_file_too_large_to_read_is_skipped(tmp_path: Path) -> None:
+    """A trial's error.txt over the size limit gives no error line (it crashed the progress
+    callback and `report` before: store.TooLarge is a ValueError, not an OSError)."""
+    from types import SimpleNamespace
+
+    from sd_tune import search
+
+    trial_dir = tmp_path / "trial_abc12"
+    trial_dir.mkdir()
+    with (trial_dir / "error.txt").open("wb") as f:
+        f.truncate(search.MAX_TRIAL_FILE_BYTES + 1)  # sparse: nothing is written
+    trial = SimpleNamespace(path=str(trial_dir))
+    assert search._error_txt(trial_dir) is None
+    assert search.trial_error(trial) == ""
+    (trial_dir / "error.txt").write_text(
+        "Traceback (most recent call last):\n  x\nValueError: boom\n"
+    )
+    assert search._error_txt(trial_dir) == "ValueError: boom"
+    assert search.trial_error(trial) == "ValueError: boom"
