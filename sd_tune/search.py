@@ -835,14 +835,12 @@ def _state_trials(folder: str) -> tuple[list[dict[str, Any]], str | None]:
                 trial_id = data.get("trial_id")
                 if not isinstance(trial_id, str) or not _TRIAL_ID.fullmatch(trial_id):
                     continue
-                config = data.get("config")
-                config = (
-                    {k: v for k, v in config.items() if "." in k and _plain(v)}
-                    if isinstance(config, dict)
-                    else {}
-                )
                 trials.append(
-                    {"trial_id": trial_id, "status": str(data.get("status")), "config": config}
+                    {
+                        "trial_id": trial_id,
+                        "status": str(data.get("status")),
+                        "config": _searched_params(data.get("config")),
+                    }
                 )
         except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
             why = (
@@ -995,19 +993,20 @@ def resume_search(
 # --------------------------------------------------------------------------- reading
 
 
-def collect_records(exp_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every trial of a stored experiment (a folder or a URI) as a plain record (see
-    ``sd_tune.report``), and a line for each thing that could not be read (the records leave
-    out what it held). Only plain data is read: sd-tune's records, Tune's trial folders
-    (``result.json``, ``params.json``, ``error.txt``) and the trial list of Tune's state, never
-    a pickle. An experiment at a URI is read from a temporary local copy of its small files
-    (``REPORT_SKIPS`` left out); the records' ``logdir`` name the URI's folders."""
+def collect_records(exp_dir: str, spec: SpaceFile) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every trial of a stored experiment (a folder or a URI) whose space is ``spec`` (see
+    :func:`load_spec`) as a plain record (see ``sd_tune.report``), and a line for each thing
+    that could not be read (the records leave out what it held). Only plain data is read:
+    sd-tune's records, Tune's trial folders (``result.json``, ``params.json``, ``error.txt``)
+    and the trial list of Tune's state, never a pickle. An experiment at a URI is read from a
+    temporary local copy of its small files (``REPORT_SKIPS`` left out); the records' ``logdir``
+    name the URI's folders."""
     if not store.is_uri(exp_dir):
-        return _records(exp_dir, exp_dir)
+        return _records(exp_dir, exp_dir, spec)
     with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
         copy = Path(tmp, "experiment")
         store.download(exp_dir, copy, skip=REPORT_SKIPS)
-        return _records(str(copy), exp_dir)
+        return _records(str(copy), exp_dir, spec)
 
 
 def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -1030,9 +1029,8 @@ def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]
     return out, unreadable
 
 
-def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _records(folder: str, location: str, spec: SpaceFile) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of the experiment in the local ``folder``, stored at ``location``."""
-    spec, _ = load_spec(folder)
     base = base_config(spec)
     finished, unreadable = finished_records(folder)
     tune_trials, note = _state_trials(folder)
@@ -1045,6 +1043,7 @@ def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str
     ids = list(dict.fromkeys([*listed, *sorted(finished), *on_disk]))
     if note and (not finished or set(on_disk) - set(finished)):
         unreadable.append(note)  # the status of trials without a record is a guess
+    state_mtime = _state_mtime(folder)
     records = []
     for trial_id in ids:
         trial_dir = Path(folder, f"trial_{trial_id}")
@@ -1072,7 +1071,7 @@ def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str
                 tune is None
                 and listed
                 and record["status"] == "running"
-                and _older_than_state(trial_dir, folder)
+                and _older_than(trial_dir, state_mtime)
             ):
                 record["status"] = "abandoned"
                 record["error"] = (
@@ -1087,12 +1086,20 @@ def _records(folder: str, location: str) -> tuple[list[dict[str, Any]], list[str
     return records, unreadable
 
 
-def _older_than_state(trial_dir: Path, folder: str) -> bool:
-    """Whether Tune saved its newest state after ``trial_dir`` was last changed (so a trial
-    that the state does not list is not merely newer than the state)."""
+def _state_mtime(folder: str) -> float | None:
+    """When Tune saved its newest state in ``folder`` (None: no state, or unreadable)."""
     states = sorted(Path(folder).glob(TUNE_STATE["experiment_state"]))
     try:
-        return bool(states) and states[-1].stat().st_mtime > trial_dir.stat().st_mtime
+        return states[-1].stat().st_mtime if states else None
+    except OSError:
+        return None
+
+
+def _older_than(trial_dir: Path, state_mtime: float | None) -> bool:
+    """Whether Tune saved its newest state after ``trial_dir`` was last changed (so a trial
+    that the state does not list is not merely newer than the state)."""
+    try:
+        return state_mtime is not None and state_mtime > trial_dir.stat().st_mtime
     except OSError:
         return False
 
@@ -1102,11 +1109,14 @@ def _params_json(trial_dir: Path) -> dict[str, Any]:
         params = json.loads(_read_local(trial_dir / "params.json"))
     except (OSError, ValueError):
         return {}
-    return (
-        {k: v for k, v in params.items() if "." in k and _plain(v)}
-        if isinstance(params, dict)
-        else {}
-    )
+    return _searched_params(params)
+
+
+def _searched_params(config: Any) -> dict[str, Any]:
+    """The plain ``section.key`` values of a trial's config as Tune stored it."""
+    if not isinstance(config, dict):
+        return {}
+    return {k: v for k, v in config.items() if "." in k and _plain(v)}
 
 
 def _error_txt(trial_dir: Path) -> str | None:
