@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -276,6 +277,32 @@ def fake_experiment(folder: Path, trials: int, epochs: int = 2) -> list[dict]:
         (folder / search.RECORDS_DIR / f"t{i:05d}.json").write_text(json.dumps(record))
         records.append(record)
     return records
+
+
+def test_report_names_a_trial_the_restored_state_no_longer_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial folder that Tune's state does not list is `abandoned` when the state was
+    saved after the folder last changed (restored from an earlier copy), else `running`."""
+    exp = tmp_path / "smoke"
+    fake_experiment(exp, 1)  # t00000, finished
+    entry = {"trial_id": "t00000", "status": "TERMINATED", "config": {}}
+    state = exp / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_text(json.dumps({"trial_data": [[json.dumps(entry), "{}"]]}))
+    for trial_id, when in (("old00", 1_000), ("new00", 3_000)):
+        folder = exp / f"trial_{trial_id}"
+        folder.mkdir()
+        (folder / "result.json").write_text('{"epoch": 1, "val_acc": 0.4, "train_time_s": 5}\n')
+        os.utime(folder, (when, when))
+    os.utime(state, (2_000, 2_000))
+    result = call(capsys, "report", str(exp))
+    assert "Traceback" not in result.stdout + result.stderr
+    trials = {t["trial_id"]: t for t in json.loads((exp / "trials.json").read_text())["trials"]}
+    assert {k: t["status"] for k, t in trials.items()} == {
+        "t00000": "completed",
+        "old00": "abandoned",
+        "new00": "running",
+    }
 
 
 def test_report_reads_what_it_can_and_names_the_rest(
