@@ -148,7 +148,7 @@ def _locked(folder: str, command: str) -> Iterator[None]:
 def _start_ray(
     address: str | None,
     trial,
-    storage: str | None = None,
+    storage: str,
     *,
     trials: int = 1,
     wait_s: float | None = None,
@@ -186,7 +186,7 @@ def _start_ray(
                 problem = autoscale.wait_for_nodes(trial, plan, limit)
     if problem is None and cluster.gpus_per_worker(trial) > 0:
         problem = autoscale.gpu_driver_problem()
-    if problem is None and storage is not None:
+    if problem is None:
         problem = cluster.storage_problem(storage)
     if problem:
         raise UsageError(problem)
@@ -202,11 +202,12 @@ def _storage(args: argparse.Namespace, space: Any) -> str:
 RUN_FILE = "run.json"  # in a `train` run's folder: its name and settings, for --resume
 
 
-def _run_exists(storage: str, name: str, local: Path) -> bool:
-    """Whether a `train` run of this name is there (beyond a lock being taken)."""
+def _run_exists(where: str, local: Path) -> bool:
+    """Whether a `train` run is there (beyond a lock being taken): in its local folder, or at
+    ``where`` when that is a URI."""
     if local.is_dir() and any(p.name != store.LOCK_FILE for p in local.iterdir()):
         return True
-    return store.is_uri(storage) and _exists(store.join(store.root(storage), name))
+    return store.is_uri(where) and _exists(where)
 
 
 def _saved_config(local: Path) -> dict[str, Any] | None:
@@ -237,7 +238,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_storage(storage)
     again = f"the same command with --resume (sd-tune train ... --name {name} --resume)"
     with _locked(str(local), "sd-tune train"):
-        exists = _run_exists(storage, name, local)
+        exists = _run_exists(where, local)
         if exists and not args.resume:
             raise UsageError(
                 f"a run named {name!r} is in {where} already, and sd-tune never "
@@ -256,13 +257,17 @@ def _train(args: argparse.Namespace) -> int:
                     f"cannot resume {where}: it has no {RUN_FILE} (a run of an "
                     "older sd-tune?); start it anew under another --name"
                 )
-            now = trial.to_dict()
-            changed = sorted(
-                f"{s}.{k}: {excerpt(v)} -> {excerpt(now.get(s, {}).get(k))}"
+            now = trial.flat()
+            old = {
+                f"{s}.{k}": v
                 for s, sec in saved.items()
                 if isinstance(sec, dict)
                 for k, v in sec.items()
-                if now.get(s, {}).get(k) != v
+            }
+            changed = sorted(
+                f"{k}: {excerpt(v)} -> {excerpt(now.get(k))}"
+                for k, v in old.items()
+                if now.get(k) != v
             )
             if changed:
                 raise UsageError(
