@@ -42,6 +42,7 @@ from sd_tune.cluster import (
     gpus_per_worker,
     node_list,
     node_resources,
+    on_each_node,
     worker_resources,
     worker_slots,
 )
@@ -645,30 +646,16 @@ def _progress(elapsed: float, head: dict[str, Any] | None) -> str:
 
 def gpu_driver_problem(timeout_s: float = INSPECT_TIMEOUT_S) -> str | None:
     """:func:`sd_tune.gpu.node_driver_problem` on every alive node with GPUs (a zero-CPU
-    task pinned to each), or None when every one can run this torch build."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+    task pinned to each), or None when every one can run this torch build. A node that does
+    not answer (gone, or slower than ``timeout_s``) is left to the trial's own check."""
     from sd_tune.gpu import node_driver_problem
 
     nodes = [n for n in alive_nodes() if n.get("Resources", {}).get("GPU", 0) > 0]
-    check = ray.remote(num_cpus=0)(node_driver_problem)
-    refs = {
-        n["NodeManagerAddress"] + f" ({n['NodeID'][:8]})": check.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote()
-        for n in nodes
-    }
-    if not refs:
-        return None
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-    for where, ref in refs.items():
-        if ref in ready:
-            try:
-                problem = ray.get(ref)
-            except ray.exceptions.RayError:
-                continue  # the node went away: the trial's own check covers it
-            if problem:
-                return f"GPU node {where}: {problem}"
+    problems = on_each_node(node_driver_problem, nodes, timeout_s=timeout_s)
+    for n in nodes:
+        problem = problems[n["NodeID"]]
+        if problem:
+            return f"GPU node {n['NodeManagerAddress']} ({n['NodeID'][:8]}): {problem}"
     return None
 
 

@@ -245,25 +245,14 @@ def storage_problem(storage: str) -> str | None:
     nodes = alive_nodes()
     if is_uri(root) or len(nodes) < 2:
         return None
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     marker = Path(root, f".sd_tune_shared_{os.getpid()}_{time.time_ns()}")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("sd-tune shared storage check\n")
     try:
-        look = ray.remote(num_cpus=0)(_sees)
-        refs = {
-            n["NodeID"]: look.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(str(marker))
-            for n in nodes
-        }
-        ready, _ = ray.wait(
-            list(refs.values()), num_returns=len(refs), timeout=SHARED_CHECK_TIMEOUT_S
-        )
-        seen = {node: _answer(ref) if ref in ready else None for node, ref in refs.items()}
+        answers = on_each_node(_sees, nodes, str(marker), timeout_s=SHARED_CHECK_TIMEOUT_S)
     finally:
         marker.unlink(missing_ok=True)
+    seen = {node: None if a is None else bool(a) for node, a in answers.items()}
     return shared_storage_problem(
         root, seen, {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
     )
@@ -273,9 +262,30 @@ def _sees(path: str) -> bool:
     return Path(path).is_file()
 
 
-def _answer(ref: Any) -> bool | None:
+def on_each_node(
+    fn: Any, nodes: Sequence[dict[str, Any]], *args: Any, timeout_s: float
+) -> dict[str, Any]:
+    """``{node id: fn(*args)}`` run in a zero-CPU task pinned to each of ``nodes``
+    (``ray.nodes()`` entries); None for a node that did not answer within ``timeout_s`` (all
+    tasks wait together), died or refused the task."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(fn)
+    refs = {
+        n["NodeID"]: task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(*args)
+        for n in nodes
+    }
+    if not refs:
+        return {}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    return {node: _answer(ref) if ref in ready else None for node, ref in refs.items()}
+
+
+def _answer(ref: Any) -> Any:
     try:
-        return bool(ray.get(ref))
+        return ray.get(ref)
     except Exception:  # the node died or refused the task: it did not answer
         return None
 
