@@ -94,7 +94,7 @@ def run_bare(
     setup), stepping on one batch that is already on the device: the loop's ceiling."""
     import torch.nn.functional as F
 
-    from sd_tune.train import default_device, setup_trial
+    from sd_tune.train import _sync, default_device, setup_trial
 
     trial = setup_trial(
         cfg, device=torch.device(device) if device else default_device(), splits=splits
@@ -112,12 +112,11 @@ def run_bare(
 
     for _ in range(5):  # warm up (and compile)
         step()
-    sync = torch.cuda.synchronize if trial.device.type == "cuda" else (lambda: None)
-    sync()
+    _sync(trial.device)  # the loop's own wait for the device, as train_one_epoch times it
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    sync()
+    _sync(trial.device)
     return {"images_per_s": steps * len(y) / (time.perf_counter() - start)}
 
 
