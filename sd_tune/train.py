@@ -490,8 +490,6 @@ def run_trial(
             prepare_model=prepare_model,
         )
         state = restore(trial, resume_dir, report=report, replay=replay, say=say)
-        if state.start_epoch > cfg.train.epochs:
-            return state.metrics
         for epoch in range(state.start_epoch, cfg.train.epochs + 1):
             totals = train_one_epoch(trial, state, epoch)
             metrics = epoch_metrics(trial, state, epoch, totals, t_start)
