@@ -647,13 +647,20 @@ class TrialRecords(tune.Callback):
 
 class StopWhenStorageFull(tune.Stopper):
     """Ends the whole search once a write to the storage failed for lack of space: every
-    further trial would fail the same way."""
+    further trial would fail the same way.
+
+    It aborts the search like a killed driver instead of stopping it: Tune's own stop
+    (``stop_all`` returning True) marks every running and pending trial finished and the
+    searcher done, so ``resume`` would never continue them. Raised from here, the error ends
+    ``tuner.fit()`` with Tune's state as last saved, which lists them unfinished."""
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return STORAGE_FULL.is_set()
+        if STORAGE_FULL.is_set():
+            raise store.StorageFull("the storage is full")  # _fit gives the whole message
+        return False
 
 
 # --------------------------------------------------------------------------- Tune's state

@@ -629,3 +629,21 @@ def test_an_error_file_too_large_to_read_is_skipped(tmp_path: Path) -> None:
     )
     assert search._error_txt(trial_dir) == "ValueError: boom"
     assert search.trial_error(trial) == "ValueError: boom"
+
+
+def test_a_full_storage_aborts_the_search_instead_of_finishing_its_trials() -> None:
+    """Tune's stop_all would mark every running and pending trial finished (and the searcher
+    done), so resume could not continue them: the stopper raises instead, leaving Tune's
+    saved state as it was."""
+    from sd_tune import search
+    from sd_tune import storage as store
+
+    stopper = search.StopWhenStorageFull()
+    search.STORAGE_FULL.clear()
+    assert stopper.stop_all() is False
+    search.STORAGE_FULL.set()
+    try:
+        with pytest.raises(store.StorageFull):
+            stopper.stop_all()
+    finally:
+        search.STORAGE_FULL.clear()
