@@ -61,6 +61,9 @@ def _rates(args: argparse.Namespace) -> int:
     return 0
 
 
+_OWN_FLAGS = {"name": "--name (e.g. --name my-run)", "storage": "--storage PATH|URI"}
+
+
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     """``["train.epochs=1", "stochastic_depth.stochastic_method=block"]`` -> a dict of
     overrides."""
@@ -69,6 +72,11 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
+        if sep and (flag := _OWN_FLAGS.get(key.strip())):
+            raise UsageError(
+                f"--set {excerpt(item)[1:-1]}: {key.strip()} is not a section.key setting; "
+                f"give it with {flag}"
+            )
         if not sep or "." not in key:
             raise UsageError(
                 f"--set takes section.key=value (e.g. train.epochs=1), but got {excerpt(item)}"

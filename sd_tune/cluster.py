@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -75,6 +76,8 @@ def init_ray(address: str | None = None) -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
+    if (problem := address_problem(address)) is not None:
+        raise ConnectionError(problem)
     tries = 3 if address.startswith("ray://") else 1
     for attempt in range(1, tries + 1):
         try:
@@ -90,6 +93,59 @@ def init_ray(address: str | None = None) -> None:
             time.sleep(2.0)
         except (ConnectionError, TimeoutError, ray.exceptions.RayError) as err:
             raise _connect_error(address, err) from err
+
+
+CONNECT_TIMEOUT_S = 5.0
+CONNECT_TRIES = 3
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The host and port of ``host:port`` or ``ray://host:port`` (Ray Client's default port
+    10001 when none is given), or None for what Ray resolves itself (``auto``, ``local``).
+
+    >>> _host_port("ray://head:10001"), _host_port("10.0.0.1:6379"), _host_port("auto")
+    (('head', 10001), ('10.0.0.1', 6379), None)
+    >>> _host_port("[::1]:6379")
+    ('::1', 6379)
+    """
+    rest = address.removeprefix("ray://")
+    if rest in ("auto", "local") or not rest:
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        return (rest, 10001) if address.startswith("ray://") else None
+    if not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def address_problem(address: str) -> str | None:
+    """Why nothing can be reached at a Ray ``address`` (a TCP connection to its host and port
+    is refused or times out), or None. Ray itself retries such an address for many minutes
+    without saying which address it waits for."""
+    target = _host_port(address)
+    if target is None:
+        return None
+    why = ""
+    for attempt in range(CONNECT_TRIES):
+        try:
+            with socket.create_connection(target, timeout=CONNECT_TIMEOUT_S):
+                return None
+        except socket.gaierror as err:
+            why = f"the host {target[0]!r} is unknown ({err.strerror or err})"
+            break
+        except TimeoutError:  # a slow network may answer the next try
+            why = f"no answer within {CONNECT_TIMEOUT_S:g} s, {attempt + 1} tries"
+            continue
+        except OSError as err:  # refused, unreachable: an answer, no need to ask again
+            why = err.strerror or str(err)
+        break
+    return (
+        f"cannot connect to the Ray cluster at {address}: nothing answers at "
+        f"{target[0]}:{target[1]} ({why}); check --address or RAY_ADDRESS (the head node's "
+        f"host:port, e.g. 10.0.0.1:6379, or ray://host:10001 for Ray Client), and that the "
+        f"cluster is up (`ray status` on the head node)"
+    )
 
 
 DRIVER_LOG = "sd_tune_driver.log"

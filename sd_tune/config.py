@@ -653,20 +653,24 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+def _not_a_file(p: Path) -> str:
+    """What ``p`` is instead of a space file, and what to pass."""
+    if p.is_dir():
+        what = "is a directory, not a file"
+    elif p.is_fifo():
+        what = "is a named pipe (FIFO), not a file"
+    elif p.exists():
+        what = "is not a regular file (a device or socket)"
+    else:
+        what = "no such file"
+    return f"{what}; pass --space with the path of a search-space YAML file (see search_spaces/)"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, or raise :class:`ConfigError` saying what is wrong with the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(
-            str(p),
-            [
-                (
-                    "",
-                    "no such file; pass --space with the path of a "
-                    "search-space YAML file (see search_spaces/)",
-                )
-            ],
-        )
+        raise ConfigError(str(p), [("", _not_a_file(p))])
     try:
         with p.open("rb") as f:
             raw = f.read(MAX_FILE_BYTES + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,12 @@ def test_missing_file_and_bad_set_exit_2(
     assert missing.returncode == 2 and "no such file" in missing.stderr
     bad_set = call(capsys, "validate", "--space", "search_spaces/smoke.yaml", "--set", "epochs")
     assert bad_set.returncode == 2 and "--set takes section.key=value" in bad_set.stderr
+    for key, flag in (("name", "--name"), ("storage", "--storage")):
+        own = call(capsys, "validate", "--space", "search_spaces/smoke.yaml", "--set", f"{key}=x")
+        assert own.returncode == 2
+        assert f"--set {key}=x: {key} is not a section.key setting; give it with {flag}" in (
+            own.stderr
+        )
     wrong = call(
         capsys,
         "validate",
@@ -108,6 +115,37 @@ def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr and str(tmp_path) in result.stderr
         assert "not found" in result.stderr, result.stderr
         assert not (tmp_path / "nodata").exists()
+
+
+def test_an_address_where_nothing_listens_exits_2_at_once(tmp_path: Path) -> None:
+    """--address and $RAY_ADDRESS (plain and ray://) to a closed port: one message naming
+    the address given and exit 2 within 30 s, instead of Ray's retries for many minutes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "sd_tune.cli", "launch", "--space", "search_spaces/smoke.yaml"]
+    cases = {
+        f"127.0.0.1:{port}": (["--address", f"127.0.0.1:{port}"], {}),
+        f"ray://127.0.0.1:{port}": ([], {"RAY_ADDRESS": f"ray://127.0.0.1:{port}"}),
+    }
+    procs = {
+        address: subprocess.Popen(
+            [*command, "--storage", str(tmp_path / str(i)), *extra],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (address, (extra, env)) in enumerate(cases.items())
+    }
+    for address, proc in procs.items():
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"cannot connect to the Ray cluster at {address}: nothing answers" in err, err
 
 
 @pytest.mark.parametrize("command", ["report", "resume"])

@@ -515,6 +515,32 @@ def resources(**values: object) -> TrialConfig:
     ).trial
 
 
+def closed_port() -> int:
+    """A loopback port where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_address_problem_names_the_address_nothing_answers_at() -> None:
+    from sd_tune.cluster import address_problem
+
+    port = closed_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        problem = address_problem(address)
+        assert problem is not None and problem.startswith(
+            f"cannot connect to the Ray cluster at {address}: nothing answers at "
+            f"127.0.0.1:{port} (Connection refused); check --address or RAY_ADDRESS"
+        ), problem
+    unknown = address_problem("no-such-host.invalid:6379")
+    assert unknown is not None and "the host 'no-such-host.invalid' is unknown" in unknown
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert address_problem(f"127.0.0.1:{server.getsockname()[1]}") is None
+    assert address_problem("auto") is None and address_problem("local") is None
+
+
 def test_worker_slots_count_node_by_node() -> None:
     from sd_tune.cluster import worker_slots
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -625,8 +626,12 @@ def test_missing_file(tmp_path: Path) -> None:
     ) as info:
         load_space(path)
     assert info.value.problems == [("", info.value.problems[0][1])]
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="is a directory, not a file; pass --space"):
         load_space(tmp_path)  # a folder
+    fifo = tmp_path / "space.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"is a named pipe \(FIFO\), not a file; pass --space"):
+        load_space(fifo)  # read, it would block
 
 
 def test_several_problems_at_once(tmp_path: Path) -> None:
