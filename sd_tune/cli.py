@@ -403,7 +403,7 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     notes: list[str] = []
     try:
         spec, _ = search.load_spec(exp_dir, notes)
-        records, unreadable = search.collect_records(exp_dir, spec)
+        records, unreadable = search.collect_records(exp_dir, spec, notes)
     except search.SpecError as err:
         raise UsageError(str(err)) from err
     _write_report(exp_dir, spec, records)

@@ -85,6 +85,9 @@ MAX_TRIAL_FILE_BYTES = 64 * 2**20  # a trial's result.json (~2 KB an epoch), err
 _TRIAL_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 # Set in the driver when a write to the storage failed for lack of space; the search stops.
 STORAGE_FULL = threading.Event()
+# The experiment being restored, while ``resume_search`` unpickles its callbacks: a moved or
+# copied experiment's callbacks write there, not where they were pickled.
+_RESTORING_AT: list[str] = []
 TRIAL_DRIVER_MEMORY = 64 * 1024**2  # bytes of Ray's logical memory resource per Tune trial
 
 
@@ -557,6 +560,13 @@ class TrialRecords(tune.Callback):
         # a restored run copies its own state anew
         return {**self.__dict__, "copied": None, "tuner": None}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored by ``resume_search``: write into the experiment being resumed, which is
+        not where this was pickled when the experiment was moved or copied since."""
+        self.__dict__.update(state)
+        if _RESTORING_AT:
+            self.exp_dir = _RESTORING_AT[-1]
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if trials:
             self._copy_state(trials[0])
@@ -986,13 +996,17 @@ def resume_search(
     if full:
         say(f"{len(full)} trial(s) failed on the full storage; they run again")
     _tune_settings()  # the restored run config brings the loggers and callbacks, not these
-    tuner = tune.Tuner.restore(
-        exp_dir,
-        trainable=trainable(spec, root, max_failures),
-        resume_unfinished=True,
-        resume_errored=bool(full),
-        restart_errored=False,
-    )
+    _RESTORING_AT.append(exp_dir)
+    try:
+        tuner = tune.Tuner.restore(
+            exp_dir,
+            trainable=trainable(spec, root, max_failures),
+            resume_unfinished=True,
+            resume_errored=bool(full),
+            restart_errored=False,
+        )
+    finally:
+        _RESTORING_AT.pop()
     _fit(tuner, exp_dir)  # Tune restores the run config, callbacks (Progress) included
     return exp_dir
 
@@ -1000,20 +1014,23 @@ def resume_search(
 # --------------------------------------------------------------------------- reading
 
 
-def collect_records(exp_dir: str, spec: SpaceFile) -> tuple[list[dict[str, Any]], list[str]]:
+def collect_records(
+    exp_dir: str, spec: SpaceFile, notes: list[str] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Every trial of a stored experiment (a folder or a URI) whose space is ``spec`` (see
     :func:`load_spec`) as a plain record (see ``sd_tune.report``), and a line for each thing
     that could not be read (the records leave out what it held). Only plain data is read:
     sd-tune's records, Tune's trial folders (``result.json``, ``params.json``, ``error.txt``)
     and the trial list of Tune's state, never a pickle. An experiment at a URI is read from a
     temporary local copy of its small files (``REPORT_SKIPS`` left out); the records' ``logdir``
-    name the URI's folders."""
+    name the URI's folders. A record of a trial that Tune's state does not list and that has
+    no folder is left out, with a line in ``notes``."""
     if not store.is_uri(exp_dir):
-        return _records(exp_dir, exp_dir, spec)
+        return _records(exp_dir, exp_dir, spec, notes)
     with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
         copy = Path(tmp, "experiment")
         store.download(exp_dir, copy, skip=REPORT_SKIPS)
-        return _records(str(copy), exp_dir, spec)
+        return _records(str(copy), exp_dir, spec, notes)
 
 
 def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -1036,7 +1053,9 @@ def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]
     return out, unreadable
 
 
-def _records(folder: str, location: str, spec: SpaceFile) -> tuple[list[dict[str, Any]], list[str]]:
+def _records(
+    folder: str, location: str, spec: SpaceFile, notes: list[str] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of the experiment in the local ``folder``, stored at ``location``."""
     base = base_config(spec)
     finished, unreadable = finished_records(folder)
@@ -1048,6 +1067,15 @@ def _records(folder: str, location: str, spec: SpaceFile) -> tuple[list[dict[str
         if p.is_dir() and _TRIAL_ID.fullmatch(p.name[len("trial_") :])
     )
     ids = list(dict.fromkeys([*listed, *sorted(finished), *on_disk]))
+    if listed:  # a record the state does not know and with no folder here is another's
+        foreign = [t for t in finished if t not in listed and t not in on_disk]
+        if notes is not None:
+            notes += [
+                f"{RECORDS_DIR}/{t}.json left out: this experiment's state does not list "
+                f"trial {t} and it has no folder here (a record from another copy of it?)"
+                for t in foreign
+            ]
+        ids = [t for t in ids if t not in foreign]
     if note and (not finished or set(on_disk) - set(finished)):
         unreadable.append(note)  # the status of trials without a record is a guess
     state_mtime = _state_mtime(folder)

@@ -169,7 +169,20 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
         p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json") if len(_epochs(p)) >= 2
     }
     assert before, "a finished trial is needed before the interruption"
+    original = None
+    if sig == signal.SIGKILL:
+        # Resume a copy with the original out of the way (as after a move): it neither reads
+        # from the original nor writes to it, and the original is as it was, byte for byte.
+        original, exp = exp, tmp_path / "moved" / name
+        shutil.copytree(original, exp, symlinks=True)
+        untouched = _files(original)
+        away = original.rename(original.with_name(f"{name}.away"))
     result = cli("resume", str(exp))
+    if original is not None:
+        assert not original.exists(), "resuming a copy wrote into the original's folder"
+        away.rename(original)
+        assert _files(original) == untouched, "resuming a copy changed the original"
+        assert str(original) not in result.stdout, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
     assert "View detailed results here" not in result.stdout  # Tune's banner stays off
     records = json.loads((exp / "trials.json").read_text())
@@ -181,6 +194,18 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
         assert _epochs(exp / trial_dir / "result.json") == epochs, trial_dir
     for r in records:
         assert [h["epoch"] for h in r["history"]] == [1, 2], r["history"]
+    assert sorted(p.stem for p in (exp / "sd_tune" / "trials").glob("*.json")) == sorted(
+        r["trial_id"] for r in records
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (its path relative to it) with its bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def _epochs(result_json: Path) -> list[tuple[float, ...]]:
@@ -486,6 +511,24 @@ def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(
     assert result.returncode == 0, result.stdout + result.stderr
     assert trials_json(exp)[second]["status"] == "missing"
     assert f"missing {second}: its folder trial_{second} is gone" in result.stdout
+
+
+def test_report_leaves_out_a_record_of_a_trial_the_state_does_not_know(
+    finished: Path, tmp_path: Path
+) -> None:
+    """A record that came with a copy of the experiment's folder from another copy of it
+    (no folder here, not in this state) is not counted, and the report says so."""
+    exp = copy_of(finished, tmp_path)
+    first = next(iter(trials_json(finished)))
+    record = json.loads((exp / "sd_tune" / "trials" / f"{first}.json").read_text())
+    record["trial_id"] = "f0reign1"
+    record["final"]["val_acc"] = 1.0  # it would top the front
+    (exp / "sd_tune" / "trials" / "f0reign1.json").write_text(json.dumps(record))
+    result = cli("report", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: 2 trials (2 completed)" in result.stdout
+    assert trials_json(exp).keys() == trials_json(finished).keys()
+    assert "note: sd_tune/trials/f0reign1.json left out: this experiment's state" in result.stdout
 
 
 def test_resume_after_a_truncated_state_keeps_every_finished_trial(
