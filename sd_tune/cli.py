@@ -533,7 +533,8 @@ def _resume(args: argparse.Namespace) -> int:
             note = search.check_state(exp_dir)
         except search.StateError as err:
             raise UsageError(str(err)) from err
-        for line in [*notes, *([note] if note else [])]:
+        notes += [*([note] if note else []), *search.repair_records(exp_dir, spec)]
+        for line in notes:
             print(f"note: {line}", flush=True)
         _start_ray(args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes)
         args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"

@@ -85,6 +85,8 @@ MAX_TRIAL_FILE_BYTES = 64 * 2**20  # a trial's result.json (~2 KB an epoch), err
 _TRIAL_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 # Set in the driver when a write to the storage failed for lack of space; the search stops.
 STORAGE_FULL = threading.Event()
+# A trial record's statuses once the trial has ended (see ``_record``).
+FINISHED_STATUSES = ("completed", "stopped_early", "failed")
 # The experiment being restored, while ``resume_search`` unpickles its callbacks: a moved or
 # copied experiment's callbacks write there, not where they were pickled.
 _RESTORING_AT: list[str] = []
@@ -1035,7 +1037,14 @@ def collect_records(
 
 def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """sd-tune's records of finished trials in an experiment folder, and the unreadable ones."""
-    out, unreadable = {}, []
+    out, bad = _read_records(folder)
+    return out, [f"{RECORDS_DIR}/{t}.json: {why}" for t, why in bad.items()]
+
+
+def _read_records(folder: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """sd-tune's records in an experiment folder by trial id, and why each unreadable one
+    could not be read."""
+    out, bad = {}, {}
     for name in store.list_files(store.join(folder, RECORDS_DIR)):
         trial_id = name[: -len(".json")] if name.endswith(".json") else ""
         if not _TRIAL_ID.fullmatch(trial_id):
@@ -1047,10 +1056,41 @@ def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]
             if not isinstance(record, dict) or record.get("trial_id") != trial_id:
                 raise ValueError("not a trial record")
         except (OSError, ValueError) as err:
-            unreadable.append(f"{RECORDS_DIR}/{name}: {excerpt(str(err))[1:-1]}")
+            bad[trial_id] = excerpt(str(err))[1:-1]
             continue
         out[trial_id] = record
-    return out, unreadable
+    return out, bad
+
+
+def repair_records(exp_dir: str, spec: SpaceFile) -> list[str]:
+    """Set aside each of sd-tune's trial records that cannot be read (renamed
+    ``<id>.json.set-aside-<time>``) and write it anew from what the trial's folder and Tune's
+    state hold, where the trial has finished and reported epochs; a line for each. Run by
+    ``resume`` before Tune starts, so that a damaged record does not fail the report after
+    the whole search."""
+    bad = _read_records(exp_dir)[1]
+    if not bad:
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for trial_id in bad:
+        name = store.join(exp_dir, RECORDS_DIR, f"{trial_id}.json")
+        store.move(name, f"{name}.set-aside-{stamp}")
+    rebuilt = {r["trial_id"]: r for r in collect_records(exp_dir, spec)[0]}
+    lines = []
+    for trial_id, why in bad.items():
+        record = dict(rebuilt.get(trial_id, {}))
+        record.pop("logdir", None)
+        what = f"{RECORDS_DIR}/{trial_id}.json cannot be read ({why}): set aside as "
+        what += f"{trial_id}.json.set-aside-{stamp}"
+        if record.get("history") and record["status"] in FINISHED_STATUSES:
+            store.write_bytes(
+                store.join(exp_dir, RECORDS_DIR, f"{trial_id}.json"),
+                json.dumps(record, default=str).encode(),
+            )
+            lines.append(f"{what}, and written anew from trial_{trial_id}")
+        else:
+            lines.append(f"{what}; the trial's folder and Tune's state stand for it")
+    return lines
 
 
 def _records(

@@ -531,6 +531,31 @@ def test_report_leaves_out_a_record_of_a_trial_the_state_does_not_know(
     assert "note: sd_tune/trials/f0reign1.json left out: this experiment's state" in result.stdout
 
 
+def test_resume_sets_aside_a_garbage_trial_record_before_it_starts(
+    finished: Path, tmp_path: Path
+) -> None:
+    """A trial record overwritten with garbage is found before Tune starts, set aside and
+    written anew from the trial's folder; report and resume then run clean."""
+    exp = copy_of(finished, tmp_path)
+    first = next(iter(trials_json(finished)))
+    garbage = b"\x00\xffnot json at all" * 10
+    (exp / "sd_tune" / "trials" / f"{first}.json").write_bytes(garbage)
+    result = cli("resume", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"note: sd_tune/trials/{first}.json cannot be read ("), lines
+    assert lines[0].endswith(f", and written anew from trial_{first}"), lines[0]
+    (aside,) = (exp / "sd_tune" / "trials").glob(f"{first}.json.set-aside-*")
+    assert aside.read_bytes() == garbage
+    rebuilt = json.loads((exp / "sd_tune" / "trials" / f"{first}.json").read_text())
+    original = json.loads((finished / "sd_tune" / "trials" / f"{first}.json").read_text())
+    for key in ("status", "params", "final", "history"):
+        assert rebuilt[key] == original[key], key
+    assert "smoke: 2 trials (2 completed)" in result.stdout
+    again = cli("report", str(exp))
+    assert again.returncode == 0 and "unreadable" not in again.stdout, again.stdout
+
+
 def test_resume_after_a_truncated_state_keeps_every_finished_trial(
     finished: Path, tmp_path: Path
 ) -> None:
