@@ -519,7 +519,7 @@ def _experiment_dir(path: str) -> str:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from sd_tune import search
+    from sd_tune import search, train_runs
 
     exp_dir = _experiment_dir(args.dir)
     notes: list[str] = []
@@ -533,7 +533,11 @@ def _resume(args: argparse.Namespace) -> int:
             note = search.check_state(exp_dir)
         except search.StateError as err:
             raise UsageError(str(err)) from err
-        notes += [*([note] if note else []), *search.repair_records(exp_dir, spec)]
+        notes += [
+            *([note] if note else []),
+            *search.repair_records(exp_dir, spec),
+            *train_runs.check_train_runs(exp_dir),
+        ]
         for line in notes:
             print(f"note: {line}", flush=True)
         _start_ray(args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes)

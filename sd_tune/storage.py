@@ -179,23 +179,21 @@ def replace_file(path: str | Path, data: bytes | str) -> None:
         raise
 
 
-def list_files(location: str) -> list[str]:
-    """The names of the files directly in the folder at ``location`` (none if no folder).
+def list_files(location: str, folders: bool = False) -> list[str]:
+    """The names of the files (``folders``: of the folders) directly in the folder at
+    ``location`` (none if no folder).
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     write_text(join(folder, "a.json"), "{}")
     ...     write_text(join(folder, "sub", "b.json"), "{}")
-    ...     list_files(folder)
-    ['a.json']
+    ...     list_files(folder), list_files(folder, folders=True)
+    (['a.json'], ['sub'])
     """
+    kind = pyarrow.fs.FileType.Directory if folders else pyarrow.fs.FileType.File
     fs, path = _fs(location)
     selector = pyarrow.fs.FileSelector(path, allow_not_found=True, recursive=False)
-    return sorted(
-        info.base_name
-        for info in fs.get_file_info(selector)
-        if info.type == pyarrow.fs.FileType.File
-    )
+    return sorted(info.base_name for info in fs.get_file_info(selector) if info.type == kind)
 
 
 def move(source: str, target: str) -> None:

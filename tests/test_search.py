@@ -556,6 +556,51 @@ def test_resume_sets_aside_a_garbage_trial_record_before_it_starts(
     assert again.returncode == 0 and "unreadable" not in again.stdout, again.stdout
 
 
+def test_resume_rebuilds_a_train_checkpoint_list_cut_short(finished: Path, tmp_path: Path) -> None:
+    """Ray Train's checkpoint list of an unfinished trial cut short (as a full disk does): resume
+    finds it before Tune starts, rebuilds it from the run's checkpoint folders, and the trial
+    continues from its last epoch; no finished epoch's metrics are lost."""
+    exp = copy_of(finished, tmp_path)
+    (state_file,) = exp.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial_id = trial["trial_id"]
+    trial["status"] = "PENDING"  # unfinished, as when the driver was killed while it ran
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    run = exp / "train_runs" / f"train_{trial_id}"
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    whole = snapshot.read_bytes()
+    snapshot.write_bytes(whole[: len(whole) // 2])
+    before = _epochs(exp / f"trial_{trial_id}" / "result.json")
+    assert len(before) == 2
+    result = cli("resume", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].startswith(
+        f"note: train_runs/train_{trial_id}/checkpoint_manager_snapshot.json is not a whole "
+        "checkpoint list ("
+    ), result.stdout
+    assert "rebuilt from the run's checkpoints: the trial continues after epoch 2" in result.stdout
+    assert "smoke: 2 trials (2 completed)" in result.stdout, result.stdout
+    assert _epochs(exp / f"trial_{trial_id}" / "result.json") == before
+
+    def history(records: dict[str, dict]) -> list[dict]:  # the node ids are this Ray's
+        return [
+            {k: v for k, v in h.items() if k != "worker_node_ids"}
+            for h in records[trial_id]["history"]
+        ]
+
+    assert history(trials_json(exp)) == history(trials_json(finished))
+    (aside,) = run.glob("checkpoint_manager_snapshot.json.set-aside-*")
+    assert aside.read_bytes() == whole[: len(whole) // 2]
+    rebuilt, original = json.loads(snapshot.read_text()), json.loads(whole)
+    for key in ("checkpoint_report_indices", "current_report_index"):
+        assert rebuilt[key] == original[key], key
+    assert [r["checkpoint_dir_name"] for r in rebuilt["checkpoint_results"]] == [
+        r["checkpoint_dir_name"] for r in original["checkpoint_results"]
+    ]
+
+
 def test_resume_after_a_truncated_state_keeps_every_finished_trial(
     finished: Path, tmp_path: Path
 ) -> None:
