@@ -463,7 +463,7 @@ def _search_failed(command: str, exp_dir: str, err: Exception) -> int:
         f"continue with `sd-tune resume {shlex.quote(exp_dir)}`",
         file=sys.stderr,
     )
-    with contextlib.suppress(UsageError, store.StorageFull, OSError):
+    with contextlib.suppress(UsageError, store.StorageFailed, OSError):
         _report_experiment(exp_dir)
     return 1
 
@@ -803,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_note
     try:
         return args.func(args)
-    except (UsageError, store.StorageFull) as err:
+    except (UsageError, store.StorageFailed) as err:
         print(f"sd-tune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,7 +25,6 @@ import os
 import pickletools
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -83,8 +82,36 @@ REPORT_SKIPS = (
 MAX_STATE_BYTES = 512 * 2**20  # Tune's state of ~50,000 trials
 MAX_TRIAL_FILE_BYTES = 64 * 2**20  # a trial's result.json (~2 KB an epoch), error.txt, record
 _TRIAL_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
-# Set in the driver when a write to the storage failed for lack of space; the search stops.
-STORAGE_FULL = threading.Event()
+
+
+class StorageFailure:
+    """Set in the driver when a write to the storage failed for lack of space (``full``) or
+    because the storage could not be reached (``unreachable``): the search then stops."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.why = ""
+
+    def set(self, kind: str = "full", why: str = "") -> None:
+        if self.kind is None:  # the first failure is the one to report
+            self.kind, self.why = kind, why
+
+    def is_set(self) -> bool:
+        return self.kind is not None
+
+    def clear(self) -> None:
+        self.kind, self.why = None, ""
+
+    def note(self, text: str) -> bool:
+        """Set from an error's text when it is a full or unreachable storage's; whether so."""
+        if store.says_disk_full(text):
+            self.set("full", _last_error_line(text))
+        elif store.says_unreachable(text):
+            self.set("unreachable", _last_error_line(text))
+        return self.is_set()
+
+
+STORAGE_FAILED = StorageFailure()
 # A trial record's statuses once the trial has ended (see ``_record``).
 FINISHED_STATUSES = ("completed", "stopped_early", "failed")
 # The experiment being restored, while ``resume_search`` unpickles its callbacks: a moved or
@@ -546,8 +573,8 @@ class TrialRecords(tune.Callback):
     """Writes each trial's record to ``sd_tune/trials/<trial id>.json`` when it ends
     (completed, stopped early or failed), in one step; and a copy of Tune's state each time
     Tune saves it in the driver (``sd_tune/tune_state.json``), so that a truncated state file
-    loses nothing. A write that fails for lack of space sets :data:`STORAGE_FULL` (the search
-    then stops)."""
+    loses nothing. A write that fails for lack of space, or because the storage cannot be
+    reached, sets :data:`STORAGE_FAILED` (the search then stops)."""
 
     def __init__(self, spec: SpaceFile, exp_dir: str, say: Callable[[str], None] = print) -> None:
         self.exp_dir = exp_dir
@@ -586,8 +613,7 @@ class TrialRecords(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         text = _error_text(trial)
-        if store.says_disk_full(text):
-            STORAGE_FULL.set()
+        STORAGE_FAILED.note(text)
         self._write(trial, "ERROR", _last_error_line(text))
         self._copy_state(trial)
 
@@ -649,7 +675,9 @@ class TrialRecords(tune.Callback):
             store.write_bytes(location, data)
         except (OSError, ValueError) as err:
             if store.is_disk_full(err):
-                STORAGE_FULL.set()
+                STORAGE_FAILED.set("full", str(err))
+            elif store.is_unreachable(err):
+                STORAGE_FAILED.set("unreachable", str(err))
             if not self.warned:
                 self.warned = True
                 self.say(f"sd-tune could not write {location}: {excerpt(str(err))[1:-1]}")
@@ -657,9 +685,9 @@ class TrialRecords(tune.Callback):
         return True
 
 
-class StopWhenStorageFull(tune.Stopper):
-    """Ends the whole search once a write to the storage failed for lack of space: every
-    further trial would fail the same way.
+class StopWhenStorageFails(tune.Stopper):
+    """Ends the whole search once a write to the storage failed for lack of space or because
+    the storage could not be reached: every further trial would fail the same way.
 
     It aborts the search like a killed driver instead of stopping it: Tune's own stop
     (``stop_all`` returning True) marks every running and pending trial finished and the
@@ -670,8 +698,8 @@ class StopWhenStorageFull(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        if STORAGE_FULL.is_set():
-            raise store.StorageFull("the storage is full")  # _fit gives the whole message
+        if STORAGE_FAILED.is_set():  # _fit gives the whole message
+            raise store.StorageFailed(f"the storage failed: {STORAGE_FAILED.kind}")
         return False
 
 
@@ -818,9 +846,9 @@ def check_state(exp_dir: str) -> str | None:
     )
 
 
-def disk_full_failures(exp_dir: str) -> list[str]:
-    """Trials that Tune's state lists as failed because the storage was full (their
-    ``error.txt`` says so): ``resume`` runs them again."""
+def storage_failures(exp_dir: str) -> list[str]:
+    """Trials that Tune's state lists as failed because the storage was full or could not be
+    reached (their ``error.txt`` says so): ``resume`` runs them again."""
     out = []
     for trial in _state_trials(exp_dir)[0]:
         if trial["status"] != "ERROR":
@@ -831,7 +859,8 @@ def disk_full_failures(exp_dir: str) -> list[str]:
             )
         except (OSError, ValueError):
             continue
-        if store.says_disk_full(text.decode(errors="replace")):
+        said = text.decode(errors="replace")
+        if store.says_disk_full(said) or store.says_unreachable(said):
             out.append(trial["trial_id"])
     return out
 
@@ -910,7 +939,7 @@ def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune
         storage_path=storage,
         verbose=0,
         callbacks=[*loggers, *callbacks],
-        stop=StopWhenStorageFull(),
+        stop=StopWhenStorageFails(),
         failure_config=tune.FailureConfig(max_failures=0),
     )
 
@@ -920,26 +949,42 @@ class SearchFailed(Exception):
 
 
 def _fit(tuner: tune.Tuner, exp_dir: str) -> None:
-    """``tuner.fit()``; a full storage ends in :class:`store.StorageFull`, any other error in
-    :class:`SearchFailed`, each with one line."""
-    STORAGE_FULL.clear()
+    """``tuner.fit()``; a full storage ends in :class:`store.StorageFull`, one that cannot be
+    reached in :class:`store.StorageFailed`, any other error in :class:`SearchFailed`, each
+    with one line."""
+    STORAGE_FAILED.clear()
     try:
         tuner.fit()
     except Exception as err:
-        if STORAGE_FULL.is_set() or store.is_disk_full(err):
-            raise store.StorageFull(_full_message(exp_dir)) from err
+        if not STORAGE_FAILED.is_set():
+            if store.is_disk_full(err):
+                STORAGE_FAILED.set("full", str(err))
+            elif store.is_unreachable(err):
+                STORAGE_FAILED.set("unreachable", str(err))
+        if STORAGE_FAILED.is_set():
+            raise _storage_failed(exp_dir) from err
         raise SearchFailed(ray_train.root_cause(err)) from err
-    if STORAGE_FULL.is_set():
-        raise store.StorageFull(_full_message(exp_dir))
+    if STORAGE_FAILED.is_set():
+        raise _storage_failed(exp_dir)
 
 
-def _full_message(exp_dir: str) -> str:
+def _storage_failed(exp_dir: str) -> store.StorageFailed:
     root = store.parent(exp_dir)
-    return (
-        f"the storage {root} is full ({store.free_space(root)}): the search stopped. "
+    kept = (
         f"Everything written before is kept (each finished trial's record is in "
-        f"{store.join(exp_dir, RECORDS_DIR)}); free some space, then continue with "
-        f"`sd-tune resume {exp_dir}`"
+        f"{store.join(exp_dir, RECORDS_DIR)})"
+    )
+    resume = f"`sd-tune resume {exp_dir}`"
+    if STORAGE_FAILED.kind == "full":
+        return store.StorageFull(
+            f"the storage {root} is full ({store.free_space(root)}): the search stopped. "
+            f"{kept}; free some space, then continue with {resume}"
+        )
+    why = store.unreachable_reason(_last_error_line(STORAGE_FAILED.why))
+    return store.StorageFailed(
+        f"the storage {root} cannot be reached ({why}): the search stopped, and the trials "
+        f"that were running stay unfinished. {kept}; once the storage is back, continue "
+        f"with {resume}"
     )
 
 
@@ -994,9 +1039,9 @@ def resume_search(
     Tune resumes failed trials all or none)."""
     root = store.parent(exp_dir)
     say(f"resuming experiment {spec.name} in {exp_dir}")
-    full = disk_full_failures(exp_dir)
+    full = storage_failures(exp_dir)
     if full:
-        say(f"{len(full)} trial(s) failed on the full storage; they run again")
+        say(f"{len(full)} trial(s) failed on a full or unreachable storage; they run again")
     _tune_settings()  # the restored run config brings the loggers and callbacks, not these
     _RESTORING_AT.append(exp_dir)
     try:

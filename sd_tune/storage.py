@@ -276,7 +276,7 @@ def download(location: str, local: str | Path, skip: Iterable[str] = ()) -> list
     return sorted(copied)
 
 
-# --------------------------------------------------------------------------- full disks
+# --------------------------------------------------------------------------- full disks, outages
 
 
 def says_disk_full(text: str) -> bool:
@@ -288,6 +288,55 @@ def says_disk_full(text: str) -> bool:
     return "No space left on device" in text or "[Errno 28]" in text
 
 
+# What pyarrow's S3 client (curl), NFS and FUSE say when the storage cannot be reached.
+_UNREACHABLE = (
+    "AWS Error NETWORK_CONNECTION",
+    "Could not connect to server",
+    "Couldn't connect to server",
+    "Stale file handle",
+    "Transport endpoint is not connected",
+)
+
+
+def says_unreachable(text: str) -> bool:
+    """Whether an error's text says the storage could not be reached (an object store's
+    server down or unreachable, a network file system gone).
+
+    >>> says_unreachable("OSError: When reading 'x': AWS Error NETWORK_CONNECTION during "
+    ...     "GetObject operation: curlCode: 7, Could not connect to server")
+    True
+    """
+    return any(phrase in text for phrase in _UNREACHABLE)
+
+
+def unreachable_reason(text: str, limit: int = 160) -> str:
+    """The part of an error's text that says why the storage could not be reached, for a
+    message: from the first phrase :func:`says_unreachable` knows, at most ``limit`` chars.
+
+    >>> unreachable_reason("When reading key 'a/b' in bucket 'x': AWS Error "
+    ...     "NETWORK_CONNECTION during GetObject operation", limit=40)
+    'AWS Error NETWORK_CONNECTION during G...'
+    """
+    starts = [i for phrase in _UNREACHABLE if (i := text.find(phrase)) >= 0]
+    part = text[min(starts) :] if starts else text
+    part = " ".join(part.split())
+    return part if len(part) <= limit else part[: limit - 3] + "..."
+
+
+def _raised_from(err: BaseException | None, errnos: set[int], says: Any) -> bool:
+    """Whether ``err``, or an error it was raised from, has one of ``errnos`` or a text that
+    ``says``, however Ray or pyarrow wrapped it."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in errnos:
+            return True
+        if says(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def is_disk_full(err: BaseException | None) -> bool:
     """Whether ``err``, or an error it was raised from, is a full disk (``ENOSPC``), however
     Ray or pyarrow wrapped it.
@@ -295,15 +344,16 @@ def is_disk_full(err: BaseException | None) -> bool:
     >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device")), is_disk_full(None)
     (True, False)
     """
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
-        if says_disk_full(str(err)):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+    return _raised_from(err, {errno.ENOSPC}, says_disk_full)
+
+
+def is_unreachable(err: BaseException | None) -> bool:
+    """Whether ``err``, or an error it was raised from, says the storage could not be reached.
+
+    >>> is_unreachable(OSError(errno.ESTALE, "Stale file handle")), is_unreachable(None)
+    (True, False)
+    """
+    return _raised_from(err, {errno.ESTALE, errno.ENOTCONN}, says_unreachable)
 
 
 def _size(n: float) -> str:
@@ -338,7 +388,12 @@ def free_space(location: str) -> str:
     return f"{_size(usage.free)} free of {_size(usage.total)}"
 
 
-class StorageFull(Exception):
+class StorageFailed(Exception):
+    """A write to the storage failed as every later one would: the storage is full, or it
+    cannot be reached. The message names it and says what to do."""
+
+
+class StorageFull(StorageFailed):
     """The storage filled up; the message names it and its free space and says what to do."""
 
 

@@ -6,6 +6,7 @@ in the storage, damaged and truncated files, two launches at once, a full disk."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -316,9 +318,8 @@ def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A local S3 server (moto) with an empty bucket; yields the ``s3://`` storage URI with
-    the query string that points pyarrow (and so Ray) at it."""
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A local S3 server (moto), with the credentials pointed at it; yields its port."""
     pytest.importorskip("moto.server", reason="needs moto: pip install 'moto[server]'")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -342,15 +343,76 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             ("AWS_DEFAULT_REGION", "us-east-1"),
         ):
             monkeypatch.setenv(key, value)
-        query = f"?endpoint_override=127.0.0.1:{port}&scheme=http"
-        import pyarrow.fs
-
-        fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://bucket{query}&allow_bucket_creation=true")
-        fs.create_dir("bucket")
-        yield f"s3://bucket/store{query}"
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def s3_bucket(port: int) -> str:
+    """An empty bucket on the S3 server at ``port``; the ``s3://`` storage URI in it, with the
+    query string that points pyarrow (and so Ray) at the server."""
+    import pyarrow.fs
+
+    query = f"?endpoint_override=127.0.0.1:{port}&scheme=http"
+    fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://bucket{query}&allow_bucket_creation=true")
+    fs.create_dir("bucket")
+    return f"s3://bucket/store{query}"
+
+
+@pytest.fixture
+def s3_server(moto: int) -> str:
+    """The ``s3://`` storage URI of an empty bucket on a local S3 server (moto)."""
+    return s3_bucket(moto)
+
+
+class Outage:
+    """A TCP relay to a local server that can be cut (its port then refuses connections and
+    every open one is closed, as when the server is down) and restored on the same port."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.listener: socket.socket | None = None
+        self.open: list[socket.socket] = []
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        for conn in self.open:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
 
 
 def test_launch_report_resume_on_s3(s3_server: str) -> None:
@@ -387,6 +449,52 @@ def test_launch_report_resume_on_s3(s3_server: str) -> None:
         again = cli(command, exp)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "smoke: 2 trials (2 completed)" in again.stdout
+
+
+def test_an_unreachable_storage_stops_the_search_and_resume_continues_it(
+    moto: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 server goes away while the second of 3 trials runs: the search stops at the
+    first failed write with one message and exit 2, starting no other trial; once the server
+    is back, resume continues the unfinished trials and runs the rest."""
+    from sd_tune import storage
+
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # each progress line as it is printed
+    outage = Outage(moto)
+    outage.restore()
+    uri = s3_bucket(outage.port)
+    proc = start(
+        "launch", "--space", "search_spaces/smoke.yaml", "--storage", uri,
+        "--set", "search.num_samples=3",
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 300
+        while sum("epoch 1/2" in line for line in list(lines)) < 2:
+            assert proc.poll() is None, "".join(lines)
+            assert time.time() < deadline, "the second trial did not report in 300 s"
+            time.sleep(0.05)
+        outage.cut()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(timeout=30)
+    out = "".join(lines)
+    exp = storage.join(uri, "smoke")
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"sd-tune launch: error: the storage {uri} cannot be reached ("), out
+    assert last.endswith(f"once the storage is back, continue with `sd-tune resume {exp}`"), out
+    started = set(re.findall(r"trial (\w+) epoch", out))
+    assert len(started) == 2, out  # no trial was started on the storage that was gone
+    outage.restore()
+    result = cli("resume", exp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: 3 trials (3 completed)" in result.stdout, result.stdout
 
 
 def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
@@ -751,12 +859,13 @@ def test_a_full_storage_aborts_the_search_instead_of_finishing_its_trials() -> N
     from sd_tune import search
     from sd_tune import storage as store
 
-    stopper = search.StopWhenStorageFull()
-    search.STORAGE_FULL.clear()
+    stopper = search.StopWhenStorageFails()
+    search.STORAGE_FAILED.clear()
     assert stopper.stop_all() is False
-    search.STORAGE_FULL.set()
-    try:
-        with pytest.raises(store.StorageFull):
-            stopper.stop_all()
-    finally:
-        search.STORAGE_FULL.clear()
+    for kind in ("full", "unreachable"):
+        search.STORAGE_FAILED.set(kind)
+        try:
+            with pytest.raises(store.StorageFailed, match=f"the storage failed: {kind}"):
+                stopper.stop_all()
+        finally:
+            search.STORAGE_FAILED.clear()

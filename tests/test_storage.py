@@ -3,6 +3,7 @@ tmp_path go through pyarrow's filesystems as ``s3://`` and ``gs://`` ones do."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -125,6 +126,26 @@ def test_a_write_that_does_not_fit_leaves_the_old_file_whole(
     assert json.loads(target.read_text()) == {"old": True}
     assert sorted(p.name for p in disk.iterdir()) == ["trials.json"]  # no temporary left
     assert "free of 64.0 KiB" in storage.free_space(str(disk))
+
+
+def test_is_unreachable_knows_an_object_store_down_and_a_network_file_system_gone() -> None:
+    aws = (
+        "When getting information for key 'store/smoke/train_runs/train_1' in bucket 'b': AWS "
+        "Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Could not connect "
+        "to server; Details: Failed to connect to 127.0.0.1:9 after 0 ms"
+    )
+    try:
+        try:
+            raise OSError(aws)
+        except OSError as inner:
+            raise RuntimeError("the trial failed") from inner
+    except RuntimeError as outer:
+        assert storage.is_unreachable(outer) and not storage.is_disk_full(outer)
+    assert storage.unreachable_reason(aws).startswith("AWS Error NETWORK_CONNECTION during")
+    assert storage.is_unreachable(OSError(errno.ENOTCONN, "Transport endpoint is not connected"))
+    assert storage.says_unreachable("OSError: [Errno 116] Stale file handle: '/nfs/r/x'")
+    for other in ("Permission denied", "No space left on device", "Connection refused"):
+        assert not storage.is_unreachable(OSError(other)), other
 
 
 def test_is_disk_full_sees_through_wrapping() -> None:
