@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -79,11 +80,12 @@ def finished_trials(exp_dir: Path, epochs: int) -> int:
 
 
 def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
-    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path))
+    storage = tmp_path / "my results – Zürich"  # spaces and non-ASCII characters
+    result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(storage))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    exp = tmp_path / "smoke"
-    assert "Pareto front" in out and f"tensorboard --logdir {exp}" in out
+    exp = storage / "smoke"
+    assert "Pareto front" in out and f"tensorboard --logdir {shlex.quote(str(exp))}" in out
     assert "trials: 3 done, 0 running, 0 failed of 3" in out
     # The status line names each objective's best so far with its direction.
     assert re.search(
