@@ -1114,6 +1114,14 @@ def repair_records(exp_dir: str, spec: SpaceFile) -> list[str]:
     ``resume`` before Tune starts, so that a damaged record does not fail the report after
     the whole search."""
     bad = _read_records(exp_dir)[1]
+    for trial_id in list(bad):
+        location = store.join(exp_dir, RECORDS_DIR, f"{trial_id}.json")
+        try:
+            store.read_bytes(location, MAX_TRIAL_FILE_BYTES)
+        except OSError:  # a storage that failed to answer is not a damaged record
+            del bad[trial_id]
+        except ValueError:  # store.TooLarge: damaged
+            pass
     if not bad:
         return []
     stamp = time.strftime("%Y%m%d-%H%M%S")

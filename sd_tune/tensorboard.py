@@ -25,11 +25,13 @@ matplotlib, never Ray or torch.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import struct
 import time
 from collections.abc import Mapping, Sequence
@@ -41,7 +43,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.plugins.text.summary_v2 import text_pb
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from sd_tune.config import Objective
 from sd_tune.records import (
@@ -549,7 +551,7 @@ def _write_events(
         time_created_secs=now,
     )
 
-    root = EventFileWriter(str(tb_dir))
+    root = EventFile(tb_dir)
     try:
         if records:
             root.add_event(event(experiment))
@@ -562,7 +564,7 @@ def _write_events(
         root.close()
 
     for rec, run, hparams in zip(records, _run_names(records), hp_rows):
-        writer = EventFileWriter(str(tb_dir / "trials" / run))
+        writer = EventFile(tb_dir / "trials" / run)
         try:
             # The experiment is repeated in every session run: TensorBoard takes the first
             # experiment it finds, and each copy lists every trial's hparams and metrics.
@@ -584,6 +586,30 @@ def _write_events(
                 writer.add_event(event(_session_end_pb(_STATUS_CODES[rec["status"]], now)))
         finally:
             writer.close()
+
+
+class EventFile:
+    """A new TensorBoard event file in ``folder``, written in the calling thread with
+    TensorBoard's ``RecordWriter``. (TensorBoard's ``EventFileWriter`` writes from a thread
+    of its own: a Ctrl-C during its ``close`` left that thread writing into the report's
+    temporary folder after it was removed, a traceback after the one-line message.)"""
+
+    _count = itertools.count()
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(self._count)}"
+        )
+        self._records = RecordWriter(open(folder / name, "wb"))  # noqa: SIM115 (closed in close)
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def close(self) -> None:
+        self._records.close()
 
 
 def write_tensorboard(
