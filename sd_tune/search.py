@@ -50,6 +50,7 @@ from sd_tune.config import (
     make_trial,
     space_from_dict,
 )
+from sd_tune.train_runs import RUNS_DIR
 
 SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
 OWN_DIR = "sd_tune"  # sd-tune's own record in an experiment folder
@@ -67,7 +68,7 @@ TUNER_PKL = "tuner.pkl"
 # checkpoints (ImageNet ones are 100s of MB each), the TensorBoard files, and what reporting
 # never reads (pickles, the state copy, the lock).
 REPORT_SKIPS = (
-    "train_runs",
+    RUNS_DIR,
     "checkpoint_*",
     "tensorboard",
     "events.out.tfevents.*",
@@ -108,6 +109,15 @@ class StorageFailure:
             self.set("full", _last_error_line(text))
         elif store.says_unreachable(text):
             self.set("unreachable", _last_error_line(text))
+        return self.is_set()
+
+    def note_error(self, err: BaseException) -> bool:
+        """Set from an error (or one it was raised from) that is a full or unreachable
+        storage's; whether so."""
+        if store.is_disk_full(err):
+            self.set("full", str(err))
+        elif store.is_unreachable(err):
+            self.set("unreachable", str(err))
         return self.is_set()
 
 
@@ -227,7 +237,7 @@ def run_trial_in_tune(
     params = {k: v for k, v in config.items() if "." in k}
     trial = build_trial(base, params)
     trial_id = tune.get_context().get_trial_id()
-    runs = store.join(storage, experiment, "train_runs")
+    runs = store.join(storage, experiment, RUNS_DIR)
     name = f"train_{trial_id}"
     # A Train run of this trial exists already: Tune is restoring the trial (after Ctrl-C or a
     # killed driver) and has started its results anew, so the run reports its past epochs again.
@@ -674,10 +684,7 @@ class TrialRecords(tune.Callback):
         try:
             store.write_bytes(location, data)
         except (OSError, ValueError) as err:
-            if store.is_disk_full(err):
-                STORAGE_FAILED.set("full", str(err))
-            elif store.is_unreachable(err):
-                STORAGE_FAILED.set("unreachable", str(err))
+            STORAGE_FAILED.note_error(err)
             if not self.warned:
                 self.warned = True
                 self.say(f"sd-tune could not write {location}: {excerpt(str(err))[1:-1]}")
@@ -956,12 +963,7 @@ def _fit(tuner: tune.Tuner, exp_dir: str) -> None:
     try:
         tuner.fit()
     except Exception as err:
-        if not STORAGE_FAILED.is_set():
-            if store.is_disk_full(err):
-                STORAGE_FAILED.set("full", str(err))
-            elif store.is_unreachable(err):
-                STORAGE_FAILED.set("unreachable", str(err))
-        if STORAGE_FAILED.is_set():
+        if STORAGE_FAILED.note_error(err):  # the first failure noted stays the one named
             raise _storage_failed(exp_dir) from err
         raise SearchFailed(ray_train.root_cause(err)) from err
     if STORAGE_FAILED.is_set():
@@ -1083,12 +1085,12 @@ def collect_records(
 def finished_records(folder: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """sd-tune's records of finished trials in an experiment folder, and the unreadable ones."""
     out, bad = _read_records(folder)
-    return out, [f"{RECORDS_DIR}/{t}.json: {why}" for t, why in bad.items()]
+    return out, [f"{RECORDS_DIR}/{t}.json: {excerpt(str(e))[1:-1]}" for t, e in bad.items()]
 
 
-def _read_records(folder: str) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """sd-tune's records in an experiment folder by trial id, and why each unreadable one
-    could not be read."""
+def _read_records(folder: str) -> tuple[dict[str, dict[str, Any]], dict[str, Exception]]:
+    """sd-tune's records in an experiment folder by trial id, and the error that each
+    unreadable one raised."""
     out, bad = {}, {}
     for name in store.list_files(store.join(folder, RECORDS_DIR)):
         trial_id = name[: -len(".json")] if name.endswith(".json") else ""
@@ -1101,7 +1103,7 @@ def _read_records(folder: str) -> tuple[dict[str, dict[str, Any]], dict[str, str
             if not isinstance(record, dict) or record.get("trial_id") != trial_id:
                 raise ValueError("not a trial record")
         except (OSError, ValueError) as err:
-            bad[trial_id] = excerpt(str(err))[1:-1]
+            bad[trial_id] = err
             continue
         out[trial_id] = record
     return out, bad
@@ -1113,15 +1115,11 @@ def repair_records(exp_dir: str, spec: SpaceFile) -> list[str]:
     state hold, where the trial has finished and reported epochs; a line for each. Run by
     ``resume`` before Tune starts, so that a damaged record does not fail the report after
     the whole search."""
-    bad = _read_records(exp_dir)[1]
-    for trial_id in list(bad):
-        location = store.join(exp_dir, RECORDS_DIR, f"{trial_id}.json")
-        try:
-            store.read_bytes(location, MAX_TRIAL_FILE_BYTES)
-        except OSError:  # a storage that failed to answer is not a damaged record
-            del bad[trial_id]
-        except ValueError:  # store.TooLarge: damaged
-            pass
+    bad = {  # a storage that failed to answer (an OSError) is not a damaged record
+        t: excerpt(str(err))[1:-1]
+        for t, err in _read_records(exp_dir)[1].items()
+        if not isinstance(err, OSError)
+    }
     if not bad:
         return []
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -99,10 +99,12 @@ def check_train_runs(exp_dir: str) -> list[str]:
         snapshot = store.join(run, SNAPSHOT)
         try:
             data = store.read_bytes(snapshot, MAX_SNAPSHOT_BYTES)
-        except FileNotFoundError:
-            continue  # no checkpoint yet: Train starts the run anew
-        except (OSError, ValueError) as err:
-            problem: str | None = f"unreadable ({excerpt(str(err))[1:-1]})"
+        except OSError:
+            # none yet (Train starts the run anew), or a storage that failed to answer, which
+            # is not a damaged list: leave it for Train
+            continue
+        except ValueError as err:  # store.TooLarge
+            problem: str | None = f"too large to read ({excerpt(str(err))[1:-1]})"
         else:
             problem = snapshot_problem(run, data)
         if problem is None:
