@@ -57,6 +57,34 @@ def start(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def session(sid: int) -> set[int]:
+    """The live processes of the session ``sid``: a command started with
+    ``start_new_session=True`` and everything it started. Ray gives each worker a process
+    group of its own, so ``os.killpg`` on the command's group leaves the workers running."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 60) -> None:
+    """SIGKILL every process of the session ``sid`` (Ray's workers too), as a crashed machine
+    would, and wait until none is left: a worker that outlived the driver could otherwise
+    still write into the experiment."""
+    deadline = time.time() + timeout
+    while left := session(sid):
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.time() < deadline, f"processes {sorted(left)} outlived SIGKILL"
+        time.sleep(0.1)
+
+
 def tensorboard_runs(root: Path) -> dict[str, object]:
     """Every run folder under ``root`` that holds event files, loaded by TensorBoard."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -159,11 +187,11 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.time() < deadline, "no trial finished in 300 s"
             time.sleep(1)
-        os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+        kill_session(proc.pid) if sig == signal.SIGKILL else proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
     if sig != signal.SIGKILL:  # a clean stop: saved, one line saying how to go on
         assert proc.returncode == 2, out
         assert f"continue with `sd-tune resume {exp}`" in out.splitlines()[-1], out
@@ -183,7 +211,10 @@ def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
         away = original.rename(original.with_name(f"{name}.away"))
     result = cli("resume", str(exp))
     if original is not None:
-        assert not original.exists(), "resuming a copy wrote into the original's folder"
+        assert not original.exists(), (
+            "resuming a copy wrote into the original's folder: "
+            f"{sorted(str(p.relative_to(original)) for p in original.rglob('*'))}"
+        )
         away.rename(original)
         assert _files(original) == untouched, "resuming a copy changed the original"
         assert str(original) not in result.stdout, result.stdout
@@ -482,7 +513,7 @@ def test_an_unreachable_storage_stops_the_search_and_resume_continues_it(
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
     reader.join(timeout=30)
     out = "".join(lines)
     exp = storage.join(uri, "smoke")
@@ -765,7 +796,7 @@ def test_two_launches_into_one_name_exactly_one_runs(tmp_path: Path) -> None:
     finally:
         for proc in (first, second):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_session(proc.pid)
     ran, refused = sorted((first, second), key=lambda p: p.returncode)
     assert (ran.returncode, refused.returncode) == (0, 2), outs
     assert outs[refused.pid].count("\n") == 1, outs[refused.pid]
@@ -808,7 +839,7 @@ def test_a_full_disk_ends_in_one_message_and_loses_nothing(
         out, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
     assert proc.returncode == 2, out
     message = out.splitlines()[-1]
     assert (
