@@ -160,13 +160,15 @@ def _start_ray(
     *,
     trials: int = 1,
     wait_s: float | None = None,
-) -> int | None:
+) -> tuple[int | None, float]:
     """Start or join Ray; refuse a trial whose workers the cluster can never hold (counting
     the nodes its autoscaler may add), wait for the nodes the autoscaler is to add when none
     up can hold a trial, check the GPU nodes' driver, and refuse a ``storage`` that not
     every node sees. Returns the trials to run at once when the autoscaler's nodes count
-    (None: count the nodes up)."""
-    from sd_tune import autoscale, cluster
+    (None: count the nodes up), and how long a trial waits for room for its workers after a
+    node was lost (``--wait-for-nodes``; by default 1800 s with an autoscaler, which may
+    replace the node, else 120 s) before it fails."""
+    from sd_tune import autoscale, cluster, ray_train
 
     try:
         cluster.init_ray(address)
@@ -198,7 +200,9 @@ def _start_ray(
         problem = cluster.storage_problem(storage)
     if problem:
         raise UsageError(problem)
-    return slots
+    if wait_s is None:
+        wait_s = autoscale.DEFAULT_WAIT_S if scaler is not None else ray_train.PLACEMENT_WAIT_S
+    return slots, wait_s
 
 
 def _storage(args: argparse.Namespace, space: Any) -> str:
@@ -298,7 +302,7 @@ def _train(args: argparse.Namespace) -> int:
                     indent=2,
                 ),
             )
-        _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
+        _, placement_wait_s = _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
         cluster.driver_log()
         epochs = trial.train.epochs
         print(
@@ -317,6 +321,7 @@ def _train(args: argparse.Namespace) -> int:
                 name=name,
                 max_failures=args.max_failures,
                 emit=lambda m: print(progress_line(m, epochs), flush=True),
+                placement_wait_s=placement_wait_s,
             )
         except Exception as err:  # Ray wraps the worker's error; show its message, not the stack
             if store.is_disk_full(err):
@@ -489,7 +494,7 @@ def _launch(args: argparse.Namespace) -> int:
             )
         from sd_tune.autoscale import expected_trials
 
-        slots = _start_ray(
+        slots, placement_wait_s = _start_ray(
             args.address,
             spec.trial,
             storage,
@@ -498,7 +503,14 @@ def _launch(args: argparse.Namespace) -> int:
         )
         args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
         try:
-            search.run_search(spec, raw, storage, max_failures=args.max_failures, slots=slots)
+            search.run_search(
+                spec,
+                raw,
+                storage,
+                max_failures=args.max_failures,
+                slots=slots,
+                placement_wait_s=placement_wait_s,
+            )
         except search.SearchFailed as err:
             return _search_failed("launch", exp_dir, err)
         return _report_experiment(exp_dir, after_search=True)
@@ -540,10 +552,14 @@ def _resume(args: argparse.Namespace) -> int:
         ]
         for line in notes:
             print(f"note: {line}", flush=True)
-        _start_ray(args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes)
+        _, placement_wait_s = _start_ray(
+            args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes
+        )
         args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
         try:
-            search.resume_search(exp_dir, spec, max_failures=args.max_failures)
+            search.resume_search(
+                exp_dir, spec, max_failures=args.max_failures, placement_wait_s=placement_wait_s
+            )
         except search.SearchFailed as err:
             return _search_failed("resume", exp_dir, err)
         return _report_experiment(exp_dir, after_search=True)
@@ -664,7 +680,9 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="when no node of the cluster can hold a trial but its autoscaler can "
-        "add one, how long to wait for it before giving up (default 1800)",
+        "add one, how long to wait for it before giving up; also how long a trial that "
+        "lost a node waits for room for its workers before it fails (default 1800 with "
+        "an autoscaler, else 120)",
     )
 
 

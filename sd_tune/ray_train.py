@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from ray.train import (
     UserCallback,
 )
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from sd_tune.cluster import gpus_per_worker, worker_resources
 from sd_tune.config import TrialConfig, make_trial
@@ -167,6 +169,30 @@ class MetricsLog(UserCallback):
         return {"run_dir": self.run_dir, "_writer": None}
 
 
+PLACEMENT_WAIT_S = 120.0  # a cluster with no autoscaler: a lost node may be back by then
+START_TIMEOUT_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train's wait per try
+
+
+def placement_retries(wait_s: float, environ: dict[str, str] | None = None) -> int:
+    """How many more times Ray Train tries to place a run's workers after a try timed out,
+    so that it gives up after about ``wait_s`` seconds in all. Each try waits
+    ``$RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s by default; the controller reads it on
+    its node, this reads the driver's). Ray's own default retries for ever: a run that lost a
+    node its workers needed hung instead of failing.
+
+    >>> placement_retries(120), placement_retries(1800), placement_retries(5)
+    (2, 30, 1)
+    >>> placement_retries(30, {START_TIMEOUT_VAR: "10"})
+    3
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        each = float(environ.get(START_TIMEOUT_VAR, "60"))
+    except ValueError:
+        each = 60.0
+    return max(1, math.ceil(wait_s / max(each, 1.0)))
+
+
 def make_trainer(
     trial: TrialConfig,
     *,
@@ -175,8 +201,14 @@ def make_trainer(
     max_failures: int = 1,
     callbacks: Sequence[UserCallback] = (),
     replay_history: bool = False,
+    placement_wait_s: float = PLACEMENT_WAIT_S,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` for one trial; its run ``name`` lets a restore find its checkpoints."""
+    """A ``TorchTrainer`` for one trial; its run ``name`` lets a restore find its checkpoints.
+    When its workers cannot be placed (a node was lost), it fails after about
+    ``placement_wait_s`` seconds."""
+    failures = FailureConfig(
+        max_failures=max_failures, controller_failure_limit=placement_retries(placement_wait_s)
+    )
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=trial_to_config(trial, replay_history),
@@ -184,12 +216,33 @@ def make_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=failures,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+
+
+class NoRoomForWorkers(RuntimeError):
+    """A Train run whose workers could not be placed on the cluster in the time allowed."""
+
+
+def fit(trainer: TorchTrainer, trial: TrialConfig, placement_wait_s: float) -> Any:
+    """``trainer.fit()``; a run whose workers found no room (a node was lost) fails with a
+    :class:`NoRoomForWorkers` that says so, instead of Ray's message about its own timeout
+    variable."""
+    try:
+        return trainer.fit()
+    except Exception as err:
+        if not isinstance(getattr(err, "controller_failure", None), WorkerGroupStartupTimeoutError):
+            raise
+        need = ", ".join(f"{v:g} {k}" for k, v in worker_resources(trial).items())
+        raise NoRoomForWorkers(
+            f"no room on the cluster for the trial's {trial.resources.num_workers} workers "
+            f"({need} each) for {placement_wait_s:.0f} s (--wait-for-nodes): a node it ran on "
+            "was lost, or other work holds what it needs"
+        ) from err
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -261,6 +314,7 @@ def fit_trial(
     name: str,
     max_failures: int = 1,
     emit: Callable[[dict[str, Any]], None] | None = None,
+    placement_wait_s: float = PLACEMENT_WAIT_S,
 ) -> Any:
     """Run one trial with Ray Train (Ray must be initialised) and return Ray's ``Result``.
 
@@ -288,8 +342,9 @@ def fit_trial(
             name=name,
             max_failures=max_failures,
             callbacks=[MetricsLog(str(out.resolve()))],
+            placement_wait_s=placement_wait_s,
         )
-        return trainer.fit()
+        return fit(trainer, trial, placement_wait_s)
     finally:
         stop.set()
         tail.join(timeout=5)

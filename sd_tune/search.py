@@ -231,6 +231,7 @@ def run_trial_in_tune(
     storage: str = "",
     experiment: str = "",
     max_failures: int = 1,
+    placement_wait_s: float = ray_train.PLACEMENT_WAIT_S,
 ) -> None:
     """The Tune function trainable: one Ray Train run per Tune trial."""
     assert base is not None
@@ -249,8 +250,9 @@ def run_trial_in_tune(
         max_failures=max_failures,
         callbacks=[TuneReportCallback()],
         replay_history=restored,
+        placement_wait_s=placement_wait_s,
     )
-    trainer.fit()
+    ray_train.fit(trainer, trial, placement_wait_s)
 
 
 def base_config(spec: SpaceFile) -> dict[str, Any]:
@@ -268,13 +270,19 @@ def experiment_dir(storage: str, name: str) -> str:
     return store.join(store.root(storage), name)
 
 
-def trainable(spec: SpaceFile, storage: str, max_failures: int = 1) -> Any:
+def trainable(
+    spec: SpaceFile,
+    storage: str,
+    max_failures: int = 1,
+    placement_wait_s: float = ray_train.PLACEMENT_WAIT_S,
+) -> Any:
     fn = tune.with_parameters(
         run_trial_in_tune,
         base=base_config(spec),
         storage=storage,
         experiment=spec.name,
         max_failures=max_failures,
+        placement_wait_s=placement_wait_s,
     )
     # The Tune trial only waits on its TorchTrainer: it holds no CPU (a token of memory, since
     # Ray needs some resource), so a trial's CPUs all go to its Train workers.
@@ -473,13 +481,20 @@ def _read_error_file(path: Path) -> str | None:
 
 
 def _last_error_line(text: str) -> str:
-    """The root cause in an error text: its last line that is not part of a stack."""
+    r"""The root cause in an error text: its last line that is not part of a stack (without
+    the name of an sd-tune error class, whose message says it all).
+
+    >>> _last_error_line("Traceback ...\n  File x\nsd_tune.ray_train.NoRoomForWorkers: no room")
+    'no room'
+    >>> _last_error_line("Traceback ...\nValueError: loss is nan")
+    'ValueError: loss is nan'
+    """
     lines = [
         ln.strip()
         for ln in text.splitlines()
         if ln.strip() and not ln.startswith(("Traceback", "  ", "The above exception"))
     ]
-    line = lines[-1] if lines else ""
+    line = re.sub(r"^sd_tune(\.\w+)+: ", "", lines[-1]) if lines else ""
     return line if len(line) <= 500 else line[:497] + "..."
 
 
@@ -998,10 +1013,12 @@ def run_search(
     say: Callable[[str], None] = print,
     max_failures: int = 1,
     slots: int | None = None,
+    placement_wait_s: float = ray_train.PLACEMENT_WAIT_S,
 ) -> str:
     """Run the whole experiment (Ray must be initialised); return its location. ``slots``:
     the trials at once when the autoscaler is to add nodes (``sd_tune.autoscale.scale_plan``);
-    by default they are counted on the nodes up now."""
+    by default they are counted on the nodes up now. ``placement_wait_s``: how long a trial
+    waits for room for its workers (after a node was lost) before it fails."""
     root = store.root(storage)
     exp_dir = experiment_dir(storage, spec.name)
     save_spec(spec, exp_dir, raw)
@@ -1014,7 +1031,7 @@ def run_search(
         f"results in {exp_dir}"
     )
     tuner = tune.Tuner(
-        trainable(spec, root, max_failures),
+        trainable(spec, root, max_failures, placement_wait_s),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
@@ -1031,7 +1048,12 @@ def run_search(
 
 
 def resume_search(
-    exp_dir: str, spec: SpaceFile, *, say: Callable[[str], None] = print, max_failures: int = 1
+    exp_dir: str,
+    spec: SpaceFile,
+    *,
+    say: Callable[[str], None] = print,
+    max_failures: int = 1,
+    placement_wait_s: float = ray_train.PLACEMENT_WAIT_S,
 ) -> str:
     """Continue the interrupted experiment at ``exp_dir`` (an absolute path or a URI), whose
     saved space is ``spec`` (``load_spec``) and whose state ``check_state`` has checked:
@@ -1049,7 +1071,7 @@ def resume_search(
     try:
         tuner = tune.Tuner.restore(
             exp_dir,
-            trainable=trainable(spec, root, max_failures),
+            trainable=trainable(spec, root, max_failures, placement_wait_s),
             resume_unfinished=True,
             resume_errored=bool(full),
             restart_errored=False,

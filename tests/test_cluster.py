@@ -70,6 +70,7 @@ class Cluster:
     node2_id: str
     root: Path
     private: Path | None  # a folder the head sees and node 2 does not (None: not possible here)
+    node2_pid: int  # node 2's `ray start`: every process of the node is below it
 
 
 def free_ports(n: int) -> list[int]:
@@ -145,6 +146,9 @@ def cluster() -> Iterator[Cluster]:
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2",
+        # each try to place a Train run's workers waits this long (Ray's default is 60 s):
+        # test_a_killed_node_fails_its_trial_with_one_message waits for three tries
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15",
         PYTHONUNBUFFERED="1",
     )
     common = [
@@ -233,6 +237,7 @@ def cluster() -> Iterator[Cluster]:
             node2[0],
             root,
             hidden,
+            procs[1].pid,
         )
     finally:
         stop_tree(procs, root)
@@ -503,6 +508,55 @@ def test_job_driver_has_the_runtime_env_vars(cluster: Cluster) -> None:
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert wait_for(cluster, job_id, timeout=180) == "SUCCEEDED"
     assert "storage=gs://bucket/prefix" in job_logs(cluster, job_id)
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_killed_node_fails_its_trial_with_one_message(cluster: Cluster, tmp_path: Path) -> None:
+    """Node 2 dies mid-trial (every process of it SIGKILLed, as when the machine is lost): the
+    trial, whose 3 workers no longer fit on the head's 2 CPUs, fails after --wait-for-nodes
+    with one line, keeps its finished epochs, and the search ends; it never hangs (Ray
+    Train's default retries the placement of its workers for ever). Last of the cluster
+    tests: node 2 stays down."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sd_tune.cli", "launch", "--space", "search_spaces/smoke.yaml",
+         "--storage", str(tmp_path), "--name", "nodekill", "--address", cluster.gcs,
+         "--wait-for-nodes", "30", "--set", "resources.num_workers=3",
+         "--set", "train.epochs=4", "--set", "dataset.max_train_samples=2048",
+         "--set", "search.num_samples=1"],
+        cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "epoch 1/4" in line:
+                break
+        node2 = alive(descendants(cluster.node2_pid))
+        for pid in node2:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        lines += proc.communicate(timeout=400)[0].splitlines(keepends=True)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(lines)
+    assert node2, "node 2 had no process to kill"
+    assert "Traceback" not in out, out
+    records = json.loads((tmp_path / "nodekill" / "trials.json").read_text())["trials"]
+    assert len(records) == 1, records
+    trial = records[0]
+    # a failed trial is a result of the search, as in test_failed_trial_is_reported...
+    assert trial["status"] == "failed" and proc.returncode == 0, (proc.returncode, out)
+    assert (
+        f"failed {trial['trial_id']}: no room on the cluster for the trial's 3 workers "
+        "(1 CPU each) for 30 s (--wait-for-nodes): a node it ran on was lost" in out
+    ), out
+    assert [h["epoch"] for h in trial["history"]][:1] == [1], trial["history"]
+    assert took < 300, f"the search ended {took:.0f} s after the node died"
 
 
 # ------------------------------------------------------------ the checks, no cluster needed
