@@ -40,6 +40,7 @@ def test_rates_prints_every_block() -> None:
     assert lines[-1] == "16 blocks, expected depth 14.30 of 16"
 
 
+@pytest.mark.slow  # 8-12 s of interpreter start-ups: CI runs it, the quick loop does not
 def test_user_error_is_one_line_and_exit_2() -> None:
     result = run("rates", "--arch", "resnet51")
     assert result.returncode == 2
@@ -103,6 +104,7 @@ def test_validate_ok_for_every_shipped_space(capsys: pytest.CaptureFixture[str])
         assert result.stdout.startswith(f"{path}: ok:")
 
 
+@pytest.mark.slow  # 8-12 s of interpreter start-ups: CI runs it, the quick loop does not
 def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
     space = write_space(
         tmp_path,
@@ -117,6 +119,7 @@ def test_missing_data_fails_before_ray_with_the_fix(tmp_path: Path) -> None:
         assert not (tmp_path / "nodata").exists()
 
 
+@pytest.mark.slow  # 8-12 s of interpreter start-ups: CI runs it, the quick loop does not
 def test_an_address_where_nothing_listens_exits_2_at_once(tmp_path: Path) -> None:
     """--address and $RAY_ADDRESS (plain and ray://) to a closed port: one message naming
     the address given and exit 2 within 30 s, instead of Ray's retries for many minutes."""

@@ -107,12 +107,19 @@ def finished_trials(exp_dir: Path, epochs: int) -> int:
     return n
 
 
-def test_launch_smoke_end_to_end(tmp_path: Path) -> None:
-    storage = tmp_path / "my results – Zürich"  # spaces and non-ASCII characters
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One real search of the 3 smoke trials, finished, and its output: the end-to-end test
+    checks it, the tests under "what survives what" damage copies of it (never it)."""
+    storage = tmp_path_factory.mktemp("smoke") / "my results – Zürich"  # spaces, non-ASCII
     result = cli("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(storage))
     assert result.returncode == 0, result.stdout + result.stderr
+    return result, storage / "smoke"
+
+
+def test_launch_smoke_end_to_end(smoke: tuple[subprocess.CompletedProcess, Path]) -> None:
+    result, exp = smoke
     out = result.stdout
-    exp = storage / "smoke"
     assert "Pareto front" in out and f"tensorboard --logdir {shlex.quote(str(exp))}" in out
     assert "trials: 3 done, 0 running, 0 failed of 3" in out
     # The status line names each objective's best so far with its direction.
@@ -564,20 +571,9 @@ def test_fractional_gpu_trials_run_together_on_logical_gpus() -> None:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real search of 2 smoke trials, finished; the tests below damage copies of it."""
-    root = tmp_path_factory.mktemp("finished")
-    result = cli(
-        "launch",
-        "--space",
-        "search_spaces/smoke.yaml",
-        "--storage",
-        str(root),
-        "--set",
-        "search.num_samples=2",
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return root / "smoke"
+def finished(smoke: tuple[subprocess.CompletedProcess, Path]) -> Path:
+    """The smoke search of 3 trials, finished; the tests below damage copies of it."""
+    return smoke[1]
 
 
 def copy_of(finished: Path, tmp_path: Path) -> Path:
@@ -620,7 +616,7 @@ def test_report_never_unpickles_what_the_storage_holds(finished: Path, tmp_path:
     ]
     for path in pickles:
         path.write_bytes(planted)
-    assert len(pickles) == 7
+    assert len(pickles) == 3 + 2 * 3  # Tune's three, and two for each of the 3 trials
     for where in (str(exp), f"file://{exp}"):
         result = cli("report", where)
         assert not marker.exists(), f"report of {where} ran a pickle from the storage"
@@ -633,7 +629,7 @@ def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(
     finished: Path, tmp_path: Path
 ) -> None:
     exp = copy_of(finished, tmp_path)
-    first, second = trials_json(finished)
+    first, second, _ = trials_json(finished)
     result_json = exp / f"trial_{first}" / "result.json"
     result_json.write_bytes(result_json.read_bytes()[:100])  # cut short
     shutil.rmtree(exp / f"trial_{second}")  # deleted
@@ -641,7 +637,7 @@ def test_report_keeps_what_sd_tune_recorded_when_files_are_damaged(
         state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 3])
     result = cli("report", str(exp))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "smoke: 2 trials (2 completed)" in result.stdout
+    assert "smoke: 3 trials (3 completed)" in result.stdout
     for trial_id, record in trials_json(exp).items():
         assert record["final"] == trials_json(finished)[trial_id]["final"]
         assert record["history"] == trials_json(finished)[trial_id]["history"]
@@ -667,7 +663,7 @@ def test_report_leaves_out_a_record_of_a_trial_the_state_does_not_know(
     (exp / "sd_tune" / "trials" / "f0reign1.json").write_text(json.dumps(record))
     result = cli("report", str(exp))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "smoke: 2 trials (2 completed)" in result.stdout
+    assert "smoke: 3 trials (3 completed)" in result.stdout
     assert trials_json(exp).keys() == trials_json(finished).keys()
     assert "note: sd_tune/trials/f0reign1.json left out: this experiment's state" in result.stdout
 
@@ -692,7 +688,7 @@ def test_resume_sets_aside_a_garbage_trial_record_before_it_starts(
     original = json.loads((finished / "sd_tune" / "trials" / f"{first}.json").read_text())
     for key in ("status", "params", "final", "history"):
         assert rebuilt[key] == original[key], key
-    assert "smoke: 2 trials (2 completed)" in result.stdout
+    assert "smoke: 3 trials (3 completed)" in result.stdout
     again = cli("report", str(exp))
     assert again.returncode == 0 and "unreadable" not in again.stdout, again.stdout
 
@@ -722,7 +718,7 @@ def test_resume_rebuilds_a_train_checkpoint_list_cut_short(finished: Path, tmp_p
         "checkpoint list ("
     ), result.stdout
     assert "rebuilt from the run's checkpoints: the trial continues after epoch 2" in result.stdout
-    assert "smoke: 2 trials (2 completed)" in result.stdout, result.stdout
+    assert "smoke: 3 trials (3 completed)" in result.stdout, result.stdout
     assert _epochs(exp / f"trial_{trial_id}" / "result.json") == before
 
     def history(records: dict[str, dict]) -> list[dict]:  # the node ids are this Ray's
@@ -752,7 +748,7 @@ def test_resume_after_a_truncated_state_keeps_every_finished_trial(
     for trial_id, record in trials_json(finished).items():
         assert trials_json(exp)[trial_id]["final"] == record["final"], result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "smoke: 2 trials (2 completed)" in result.stdout
+    assert "smoke: 3 trials (3 completed)" in result.stdout
     assert "restored the copy sd-tune kept at" in result.stdout
     # with no good copy to restore, resume changes nothing and says what is kept
     exp = copy_of(finished, tmp_path / "b")
@@ -764,7 +760,7 @@ def test_resume_after_a_truncated_state_keeps_every_finished_trial(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert (
-        "no whole copy of it is there; nothing was changed. The 2 finished trial(s)"
+        "no whole copy of it is there; nothing was changed. The 3 finished trial(s)"
         in result.stderr
     )
     assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == before

@@ -122,6 +122,7 @@ def _fmnist_cfg() -> TrialConfig:
     return cfg
 
 
+@pytest.mark.slow  # ~10 s of training: CI runs it, the quick loop does not
 @needs_fmnist
 def test_learns_fashion_mnist_and_not_shuffled_labels(tmp_path: Path) -> None:
     cfg = _fmnist_cfg()
