@@ -181,16 +181,16 @@ def placement_retries(wait_s: float, environ: dict[str, str] | None = None) -> i
     node its workers needed hung instead of failing.
 
     >>> placement_retries(120), placement_retries(1800), placement_retries(5)
-    (2, 30, 1)
+    (1, 29, 1)
     >>> placement_retries(30, {START_TIMEOUT_VAR: "10"})
-    3
+    2
     """
     environ = os.environ if environ is None else environ
     try:
         each = float(environ.get(START_TIMEOUT_VAR, "60"))
     except ValueError:
         each = 60.0
-    return max(1, math.ceil(wait_s / max(each, 1.0)))
+    return max(1, math.ceil(wait_s / max(each, 1.0)) - 1)  # the first try is no retry
 
 
 def make_trainer(

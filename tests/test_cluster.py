@@ -147,8 +147,8 @@ def cluster() -> Iterator[Cluster]:
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2",
         # each try to place a Train run's workers waits this long (Ray's default is 60 s):
-        # test_a_killed_node_fails_its_trial_with_one_message waits for three tries
-        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="15",
+        # test_a_killed_node_fails_its_trial_with_one_message waits for two tries
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="10",
         PYTHONUNBUFFERED="1",
     )
     common = [
@@ -521,7 +521,7 @@ def test_a_killed_node_fails_its_trial_with_one_message(cluster: Cluster, tmp_pa
     proc = subprocess.Popen(
         [sys.executable, "-m", "sd_tune.cli", "launch", "--space", "search_spaces/smoke.yaml",
          "--storage", str(tmp_path), "--name", "nodekill", "--address", cluster.gcs,
-         "--wait-for-nodes", "30", "--set", "resources.num_workers=3",
+         "--wait-for-nodes", "20", "--set", "resources.num_workers=3",
          "--set", "train.epochs=4", "--set", "dataset.max_train_samples=2048",
          "--set", "search.num_samples=1"],
         cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -553,7 +553,7 @@ def test_a_killed_node_fails_its_trial_with_one_message(cluster: Cluster, tmp_pa
     assert trial["status"] == "failed" and proc.returncode == 0, (proc.returncode, out)
     assert (
         f"failed {trial['trial_id']}: no room on the cluster for the trial's 3 workers "
-        "(1 CPU each) for 30 s (--wait-for-nodes): a node it ran on was lost" in out
+        "(1 CPU each) for 20 s (--wait-for-nodes): a node it ran on was lost" in out
     ), out
     assert [h["epoch"] for h in trial["history"]][:1] == [1], trial["history"]
     assert took < 300, f"the search ended {took:.0f} s after the node died"
