@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -625,6 +626,19 @@ def _max_failures(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """--wait-for-nodes: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            f"`wait_for_nodes >= 0` (seconds) must hold, but got {text[:40]!r}"
+        )
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2)."""
 
@@ -676,7 +690,7 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--wait-for-nodes",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="when no node of the cluster can hold a trial but its autoscaler can "

@@ -268,6 +268,9 @@ def test_what_used_to_end_in_a_traceback_is_one_line(
     one_line_exit_2(result, "cannot write to --storage", "a file is in the way")
     result = call(capsys, command, "--space", SMOKE, "--max-failures", "-5")
     one_line_exit_2(result, "`0 <= max_failures <= 100` must hold, but got '-5'")
+    for seconds in ("nan", "inf", "-5", "soon"):
+        result = call(capsys, command, "--space", SMOKE, "--wait-for-nodes", seconds)
+        one_line_exit_2(result, f"`wait_for_nodes >= 0` (seconds) must hold, but got '{seconds}'")
     ro = tmpfs("64k", "ro")
     result = call(capsys, command, "--space", SMOKE, "--storage", str(ro))
     one_line_exit_2(result, f"cannot write to --storage {ro}: Read-only file system")
