@@ -1035,6 +1035,7 @@ def run_search(
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
+            reuse_actors=spec.search.scheduler is None,
             num_samples=spec.search.num_samples,
             max_concurrent_trials=max(slots, 1),
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
