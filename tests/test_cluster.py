@@ -326,13 +326,15 @@ def test_ray_job_submit_runs_the_search_across_both_nodes(cluster: Cluster) -> N
         "search_spaces/smoke.yaml",
         "--storage",
         str(store),
+        "--set",
+        "search.num_samples=2",
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     status = wait_for(cluster, job_id)
     logs = job_logs(cluster, job_id)
     assert status == "SUCCEEDED", logs[-5000:]
-    assert "3 trials, 2 at a time" in logs
-    trials = check_results(cluster, store / "smoke")
+    assert "2 trials, 2 at a time" in logs
+    trials = check_results(cluster, store / "smoke", n=2)
     nodes = {n for t in trials for n in t["worker_node_ids"]}
     assert cluster.node2_id in nodes, trials  # some trial's workers ran on the second node
 
@@ -357,6 +359,8 @@ def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
             str(store),
             "--name",
             "viash",
+            "--set",
+            "search.num_samples=2",
         ],
         cwd=REPO,
         env=env,
@@ -369,7 +373,7 @@ def test_submit_sh_runs_the_search(cluster: Cluster) -> None:
     assert "ray job logs -f sdt-submit-sh" in out.stdout
     status = wait_for(cluster, "sdt-submit-sh")
     assert status == "SUCCEEDED", job_logs(cluster, "sdt-submit-sh")[-5000:]
-    check_results(cluster, store / "viash")
+    check_results(cluster, store / "viash", n=2)
 
 
 def launch(
