@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,25 @@ class MetricsLog(UserCallback):
 
 PLACEMENT_WAIT_S = 120.0  # a cluster with no autoscaler: a lost node may be back by then
 START_TIMEOUT_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # Ray Train's wait per try
+POLL_VAR = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # how often Train's controller polls its workers
+POLL_S = "0.5"  # Ray's default, 2 s, saw each run's end up to 2 s late
+
+
+def poll_often(environ: MutableMapping[str, str] | None = None) -> None:
+    """Have Ray Train's controller poll its workers every :data:`POLL_S` seconds instead of
+    Ray's 2, unless ``$RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` is set. The controller sees a run's
+    reports and its end only when it polls: a short trial ran ~3 s longer on 2 s polls. Ray
+    Train hands the variable from the process that calls ``fit`` to the controller.
+
+    >>> env = {}
+    >>> poll_often(env); env
+    {'RAY_TRAIN_HEALTH_CHECK_INTERVAL_S': '0.5'}
+    >>> env = {POLL_VAR: "2"}
+    >>> poll_often(env); env
+    {'RAY_TRAIN_HEALTH_CHECK_INTERVAL_S': '2'}
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault(POLL_VAR, POLL_S)
 
 
 def placement_retries(wait_s: float, environ: dict[str, str] | None = None) -> int:
@@ -229,9 +248,10 @@ class NoRoomForWorkers(RuntimeError):
 
 
 def fit(trainer: TorchTrainer, trial: TrialConfig, placement_wait_s: float) -> Any:
-    """``trainer.fit()``; a run whose workers found no room (a node was lost) fails with a
-    :class:`NoRoomForWorkers` that says so, instead of Ray's message about its own timeout
-    variable."""
+    """``trainer.fit()`` with the controller polling often (:func:`poll_often`); a run whose
+    workers found no room (a node was lost) fails with a :class:`NoRoomForWorkers` that says
+    so, instead of Ray's message about its own timeout variable."""
+    poll_often()
     try:
         return trainer.fit()
     except Exception as err:

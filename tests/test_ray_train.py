@@ -57,12 +57,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 @real_trial
-def test_fashion_mnist_two_workers_learns(ray_session: None, tmp_path: Path) -> None:
-    from sd_tune.ray_train import fit_trial, run_dir
+def test_fashion_mnist_two_workers_learns(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sd_tune.ray_train import POLL_S, POLL_VAR, fit_trial, run_dir
 
+    monkeypatch.delenv(POLL_VAR, raising=False)
     seen: list[dict] = []
     result = fit_trial(trial(), storage=str(tmp_path), name="learn", emit=seen.append)
     assert result.error is None
+    assert os.environ[POLL_VAR] == POLL_S  # what Ray Train hands to its controller
     metrics = read_metrics(run_dir(str(tmp_path), "learn"))
     assert metrics == seen and len(metrics) == 1
     m = metrics[0]
