@@ -229,6 +229,9 @@ def fake_cluster() -> Iterator[FakeCluster]:
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
+        # on SIGTERM a node drains for up to this long before it stops (Ray's default, 30 s,
+        # was most of this module's teardown)
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2",
         PYTHONUNBUFFERED="1",
     )
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
