@@ -12,7 +12,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,26 @@ def trial_resources(trial: TrialConfig) -> dict[str, float]:
     return {k: trial.resources.num_workers * v for k, v in worker_resources(trial).items()}
 
 
+PREEMPTION_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def no_preemption_watch(environ: MutableMapping[str, str] | None = None) -> None:
+    """Nothing preempts a Ray of our own: turn off Ray Train's preemption watcher (an actor,
+    so a process, per Train run) unless ``$RAY_TRAIN_ENABLE_PREEMPTION_WATCHER`` is set.
+    Called before a local Ray starts: its processes inherit the variable, and Train passes it
+    from a trial's process to its controller.
+
+    >>> env = {}
+    >>> no_preemption_watch(env); env
+    {'RAY_TRAIN_ENABLE_PREEMPTION_WATCHER': '0'}
+    >>> env = {PREEMPTION_VAR: "1"}
+    >>> no_preemption_watch(env); env
+    {'RAY_TRAIN_ENABLE_PREEMPTION_WATCHER': '1'}
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault(PREEMPTION_VAR, "0")
+
+
 def init_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``$RAY_ADDRESS``) if given, else start a local Ray quietly."""
     if ray.is_initialized():
@@ -71,6 +91,7 @@ def init_ray(address: str | None = None) -> None:
         # polls; it listens on loopback only.
         address = "local"
         kwargs.update(include_dashboard=True, dashboard_host="127.0.0.1")
+        no_preemption_watch()
         # Ray 2.60 turns token authentication on for a new local Ray and says so in a warning
         # on every start; it stays on, the README says where the token lives.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
