@@ -1,0 +1,160 @@
+"""sd_tune.repeats: seeds per configuration around the real OptunaSearch that `search` builds
+(each sampler), read back from the Optuna study: the means it is told, once per
+configuration; failures; no barrier between configurations; save and restore mid-group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sd_tune.config import space_from_dict
+from sd_tune.repeats import CONFIG_KEY, REPEAT_KEY, SEED_KEY, RepeatSearcher, repeat_seed
+from sd_tune.search import make_searcher
+
+SPACE = {
+    "name": "repeats",
+    "dataset": {"name": "synthetic"},
+    "model": {"family": "cifar_resnet", "depth": 8},
+    "space": {
+        "stochastic_depth.drop_rate": {"uniform": [0.0, 0.5]},
+        "stochastic_depth.drop_distribution": {"choice": ["linear", "uniform"]},
+    },
+}
+
+
+def searcher(sampler: str = "tpe", repeats: int = 3, seed: int = 7) -> RepeatSearcher:
+    spec = space_from_dict({**SPACE, "search": {"sampler": sampler, "seed": 0, "num_samples": 4}})
+    return RepeatSearcher(make_searcher(spec), repeats=repeats, seed=seed)
+
+
+def study(s: RepeatSearcher) -> optuna.Study:
+    return s.inner._ot_study
+
+
+def result(val_acc: float, train_time_s: float) -> dict[str, float]:
+    return {"val_acc": val_acc, "train_time_s": train_time_s, "epoch": 2}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+def test_each_configuration_runs_its_seeds_and_optuna_gets_the_means(sampler: str) -> None:
+    s = searcher(sampler)
+    configs = [s.suggest(f"t{i}") for i in range(6)]  # two configurations, three seeds each
+    assert [c[CONFIG_KEY] for c in configs] == ["c00000"] * 3 + ["c00001"] * 3
+    assert [c[REPEAT_KEY] for c in configs] == [0, 1, 2] * 2
+    assert [c[SEED_KEY] for c in configs] == [repeat_seed(7, k) for k in (0, 1, 2)] * 2
+    for group in (configs[:3], configs[3:]):
+        settings = [
+            {k: v for k, v in c.items() if k.startswith("stochastic_depth.")} for c in group
+        ]
+        assert settings[0] == settings[1] == settings[2] and settings[0]
+    assert configs[0]["stochastic_depth.drop_rate"] != configs[3]["stochastic_depth.drop_rate"]
+
+    s.on_trial_complete("t0", result(0.80, 10.0))
+    s.on_trial_complete("t4", result(0.50, 30.0))  # seeds end in any order
+    s.on_trial_complete("t1", result(0.84, 12.0))
+    assert study(s).trials[0].state == optuna.trial.TrialState.RUNNING  # a seed still runs
+    s.on_trial_complete("t2", result(0.86, 14.0))
+    first = study(s).trials[0]
+    assert first.state == optuna.trial.TrialState.COMPLETE
+    assert first.values == pytest.approx([0.8333333333, 12.0])
+    assert first.params["stochastic_depth.drop_rate"] == configs[0]["stochastic_depth.drop_rate"]
+    s.on_trial_complete("t3", result(0.52, 32.0))
+    s.on_trial_complete("t5", result(0.54, 34.0))
+    assert study(s).trials[1].values == pytest.approx([0.52, 32.0])
+    assert len(study(s).trials) == 2  # one Optuna trial per configuration, not per seed
+
+
+def test_failed_seeds_leave_the_mean_to_the_others_and_all_failed_is_a_failure() -> None:
+    s = searcher(repeats=2)
+    for i in range(4):
+        s.suggest(f"t{i}")
+    s.on_trial_complete("t0", None, error=True)
+    s.on_trial_complete("t1", result(0.7, 5.0))
+    s.on_trial_complete("t2", None, error=True)
+    s.on_trial_complete("t3", None, error=True)
+    first, second = study(s).trials
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.values == [0.7, 5.0]
+    assert second.state == optuna.trial.TrialState.FAIL and second.values is None
+
+
+def test_the_next_configuration_fills_a_free_slot_without_waiting_for_a_group() -> None:
+    s = searcher(repeats=2)
+    first, second, third = (s.suggest(f"t{i}") for i in range(3))
+    assert (first[CONFIG_KEY], second[CONFIG_KEY], third[CONFIG_KEY]) == (
+        "c00000",
+        "c00000",
+        "c00001",
+    )
+    assert len(study(s).trials) == 2  # both asked, none told
+
+
+def test_a_repeat_seed_is_no_neighbouring_seed_shifted() -> None:
+    """The data order is seeded with seed + epoch: train.seed + k would make repeat k at epoch
+    e shuffle as repeat k+1 at epoch e-1."""
+    seeds = {repeat_seed(s, k) for s in range(20) for k in range(5)}
+    assert len(seeds) == 100
+    assert all(repeat_seed(s, k) + 1 != repeat_seed(s, k + 1) for s in range(20) for k in range(4))
+
+
+def test_save_and_restore_in_the_middle_of_a_configuration(tmp_path: Path) -> None:
+    s = searcher(repeats=3)
+    configs = [s.suggest(f"t{i}") for i in range(3)]
+    s.on_trial_complete("t0", result(0.80, 10.0))
+    path = tmp_path / "searcher.pkl"
+    s.save(str(path))
+
+    again = searcher(repeats=3)
+    again.restore(str(path))
+    again.on_trial_complete("t0", result(0.10, 99.0))  # a restored trial told again: ignored
+    again.on_trial_complete("t1", result(0.84, 12.0))
+    again.on_trial_complete("t2", result(0.86, 14.0))
+    (trial,) = study(again).trials
+    assert trial.values == pytest.approx([0.8333333333, 12.0])
+    assert trial.params["stochastic_depth.drop_rate"] == configs[0]["stochastic_depth.drop_rate"]
+    assert again.suggest("t3")[CONFIG_KEY] == "c00001"  # the first is not asked for again
+
+
+def test_repeats_below_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="repeats must be 1 or more, got 0"):
+        searcher(repeats=0)
+
+
+@pytest.mark.slow
+def test_inside_tune_each_configuration_gets_its_seeds_and_the_saved_study_the_means(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """A real Tune run (2 trials at a time, actors reused) of 3 configurations x 2 seeds; the
+    searcher state Tune saved is read back and its study holds one trial per configuration,
+    told the means."""
+    from ray import tune
+
+    def report_seeded(config: dict) -> None:  # nested: Ray's workers cannot import this module
+        rate, repeat = config["stochastic_depth.drop_rate"], config["repeat"]
+        tune.report({"val_acc": rate + 0.01 * repeat, "train_time_s": 1.0 + repeat})
+
+    tuner = tune.Tuner(
+        tune.with_resources(report_seeded, {"CPU": 0.5}),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher(repeats=2), num_samples=6, max_concurrent_trials=2
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="seeds", verbose=0),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    configs: dict[str, list[dict]] = {}
+    for r in results:
+        configs.setdefault(r.config[CONFIG_KEY], []).append(r.config)
+    assert sorted(configs) == ["c00000", "c00001", "c00002"]
+    for group in configs.values():
+        assert sorted(c[REPEAT_KEY] for c in group) == [0, 1]
+        assert sorted(c[SEED_KEY] for c in group) == sorted(repeat_seed(7, k) for k in (0, 1))
+        assert len({c["stochastic_depth.drop_rate"] for c in group}) == 1
+    saved = searcher(repeats=2)
+    saved.restore_from_dir(str(tmp_path / "seeds"))
+    told = study(saved).trials
+    assert len(told) == 3 and {t.state for t in told} == {optuna.trial.TrialState.COMPLETE}
+    for t in told:
+        rate = t.params["stochastic_depth.drop_rate"]
+        assert t.values == pytest.approx([rate + 0.005, 1.5])
