@@ -115,13 +115,13 @@ def _check_name(name: str) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     spec, _ = _load(args)
-    from sd_tune.config import searched_keys
+    from sd_tune.config import searched_keys, trial_count
 
     searched = ", ".join(searched_keys(spec)) or (
         "nothing (`sd-tune launch` refuses such a file; `sd-tune train` trains its settings once)"
     )
     print(
-        f"{args.space}: ok: experiment {spec.name!r}, {spec.search.num_samples} trials of "
+        f"{args.space}: ok: experiment {spec.name!r}, {trial_count(spec)} of "
         f"{spec.trial.model.family} on {spec.trial.dataset.name}, searching "
         f"{searched}; objectives " + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
     )
@@ -438,10 +438,10 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     started = sum(r["status"] != "abandoned" for r in records)
     resume = f"sd-tune resume {shlex.quote(exp_dir)}"
     text = None
-    if unfinished or started < spec.search.num_samples:
+    if unfinished or started < spec.search.trials:
         stopped = f"stopped by {_INTERRUPTED[0]}: " if _INTERRUPTED else ""
         text = (
-            f"{stopped}the search is unfinished ({started} of {spec.search.num_samples} "
+            f"{stopped}the search is unfinished ({started} of {spec.search.trials} "
             f"trials started, {len(unfinished)} unfinished); continue with `{resume}`"
         )
     if unreadable:
@@ -500,7 +500,7 @@ def _launch(args: argparse.Namespace) -> int:
             spec.trial,
             storage,
             wait_s=args.wait_for_nodes,
-            trials=expected_trials(spec.search.num_samples, spec.search.max_concurrent_trials),
+            trials=expected_trials(spec.search.trials, spec.search.max_concurrent_trials),
         )
         args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
         try:
@@ -727,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted search",
         description="Continue an interrupted experiment: finished trials "
         "are kept, unfinished ones continue from their "
-        "checkpoints, and the search stops at num_samples. "
+        "checkpoints, and the search stops at num_samples "
+        "configurations (each run with search.repeats seeds). "
         "Tune's saved state is checked first: a truncated one "
         "is replaced by sd-tune's copy of the last whole state. "
         "Ray Tune unpickles that state, which runs the code in "

@@ -57,6 +57,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "dataset.image_size": (4_096, "larger images than any ResNet recipe uses"),
     "resources.num_workers": (4_096, "more DDP workers than any cluster sd-tune targets"),
     "search.num_samples": (10_000, "each trial is a full training run"),
+    "search.repeats": (100, "100 seeds put a 95% interval within a fifth of the seed std"),
 }
 SEED_LIMIT = 2**32  # numpy and Optuna take seeds in [0, 2**32)
 MAX_FILE_BYTES = 256 * 1024  # a space file; the shipped ones are 1-4 KB
@@ -255,9 +256,19 @@ class SchedulerConfig:
 class SearchConfig:
     sampler: str = "tpe"
     seed: int = 0
-    num_samples: int = 8
+    num_samples: int = 8  # configurations
+    repeats: int = 1  # seeds per configuration
     max_concurrent_trials: int | None = None
     scheduler: SchedulerConfig | None = None
+
+    @property
+    def trials(self) -> int:
+        """Tune trials: each configuration once per seed.
+
+        >>> SearchConfig(num_samples=4, repeats=3).trials
+        12
+        """
+        return self.num_samples * self.repeats
 
 
 @dataclass
@@ -733,6 +744,7 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
         _check_space_entry(trial, _key(key), spec, problems, set(map(str, space)), base)
     objectives = _objectives(data.get("objectives"), problems)
     search = _search(data.get("search"), problems)
+    _check_repeats(search, space, problems)
     storage = data.get("storage", "results")
     if not isinstance(storage, str) or not storage:
         problems.append(
@@ -749,6 +761,20 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
         storage=storage,
         source=source,
     )
+
+
+def trial_count(spec: SpaceFile) -> str:
+    """How many trials a search runs, in words.
+
+    >>> trial_count(space_from_dict({"search": {"num_samples": 3}}))
+    '3 trials'
+    >>> trial_count(space_from_dict({"search": {"num_samples": 3, "repeats": 2}}))
+    '6 trials (3 configurations x 2 seeds)'
+    """
+    s = spec.search
+    if s.repeats == 1:
+        return f"{s.trials} trials"
+    return f"{s.trials} trials ({s.num_samples} configurations x {s.repeats} seeds)"
 
 
 def searched_keys(spec: SpaceFile) -> list[str]:
@@ -931,6 +957,31 @@ def _objectives(raw: Any, problems: list[tuple[str, str]]) -> list[Objective]:
     return out
 
 
+def _check_repeats(
+    search: SearchConfig, space: dict[str, Any], problems: list[tuple[str, str]]
+) -> None:
+    """Seeds per configuration take their seeds from ``train.seed`` and need every seed run
+    to the end: a searched ``train.seed`` and an early-stopping scheduler are refused."""
+    if not isinstance(search.repeats, int) or search.repeats <= 1:
+        return
+    if "train.seed" in space:
+        problems.append(
+            (
+                "space.train.seed",
+                f"cannot be searched with search.repeats {search.repeats}: each configuration "
+                "gets its seeds from train.seed; set train.seed instead",
+            )
+        )
+    if search.scheduler is not None:
+        problems.append(
+            (
+                "search.scheduler",
+                f"ASHA stops seeds one by one, so it cannot run with search.repeats "
+                f"{search.repeats}; drop the scheduler or set search.repeats: 1",
+            )
+        )
+
+
 def _check_limit(problems: list[tuple[str, str]], path: str, value: Any) -> None:
     largest, why = LIMITS[path]
     if isinstance(value, (int, float)) and value > largest:
@@ -953,6 +1004,9 @@ def _search(raw: Any, problems: list[tuple[str, str]]) -> SearchConfig:
     if search.num_samples < 1:
         problems.append(("search.num_samples", f"must be >= 1, but got {search.num_samples}"))
     _check_limit(problems, "search.num_samples", search.num_samples)
+    if search.repeats < 1:
+        problems.append(("search.repeats", f"must be >= 1, but got {search.repeats}"))
+    _check_limit(problems, "search.repeats", search.repeats)
     _check_seed(problems, "search.seed", search.seed)
     if search.max_concurrent_trials is not None and search.max_concurrent_trials < 1:
         problems.append(

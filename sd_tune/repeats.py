@@ -24,6 +24,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from sd_tune.config import SEED_LIMIT
 from sd_tune.data.samplers import seed_from
 
 CONFIG_KEY = "config_id"  # no dot: not a trial setting
@@ -37,7 +38,7 @@ def repeat_seed(seed: int, repeat: int) -> int:
     >>> repeat_seed(0, 0) == repeat_seed(0, 0), repeat_seed(0, 1) == repeat_seed(1, 0)
     (True, False)
     """
-    return seed_from(seed, repeat)
+    return seed_from(seed, repeat) % SEED_LIMIT  # a train.seed: 0 <= seed < 2**32
 
 
 @dataclass

@@ -320,8 +320,10 @@ def load_records(path: str | Path) -> list[Record]:
 def _write_csv(path: Path, records: Sequence[Record], objectives: Sequence[Objective]) -> None:
     pkeys, mkeys = _param_keys(records), metric_keys(records, objectives)
     mcols = [f"metric.{m}" if m in FIXED_COLUMNS or m.startswith("param.") else m for m in mkeys]
+    seeds = [k for k in ("config_id", "repeat") if any(k in rec for rec in records)]
     header = [
         "trial_id",
+        *seeds,  # a seed of a configuration (search.repeats)
         "status",
         *(f"param.{k}" for k in pkeys),
         *mcols,
@@ -343,6 +345,7 @@ def _write_csv(path: Path, records: Sequence[Record], objectives: Sequence[Objec
         writer.writerow(
             [
                 rec["trial_id"],
+                *(cell(rec.get(k)) for k in seeds),
                 rec.get("status", ""),
                 *(cell(params.get(k)) for k in pkeys),
                 *(cell(final.get(m)) for m in mkeys),

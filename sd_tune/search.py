@@ -49,7 +49,9 @@ from sd_tune.config import (
     excerpt,
     make_trial,
     space_from_dict,
+    trial_count,
 )
+from sd_tune.repeats import CONFIG_KEY, REPEAT_KEY, RepeatSearcher
 from sd_tune.train_runs import RUNS_DIR
 
 SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
@@ -170,17 +172,22 @@ def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
     )
 
 
-def make_searcher(spec: SpaceFile) -> OptunaSearch:
+def make_searcher(spec: SpaceFile) -> OptunaSearch | RepeatSearcher:
+    """Optuna through Tune; with ``search.repeats`` > 1 each configuration it suggests runs
+    once per seed and Optuna is told the means (``sd_tune.repeats``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line per study and trial
     dists, _ = optuna_distributions(spec.space)
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
-    return OptunaSearch(
+    searcher = OptunaSearch(
         space=dists,
         metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0],
         sampler=make_sampler(spec),
     )
+    if spec.search.repeats == 1:
+        return searcher
+    return RepeatSearcher(searcher, spec.search.repeats, spec.trial.train.seed)
 
 
 def make_scheduler(spec: SpaceFile) -> ASHAScheduler | None:
@@ -217,7 +224,7 @@ def concurrency(spec: SpaceFile, nodes: Sequence[dict[str, float]]) -> int:
     fits = cluster.worker_slots(spec.trial, nodes) // spec.trial.resources.num_workers
     if spec.search.max_concurrent_trials is not None:
         fits = min(fits, spec.search.max_concurrent_trials)
-    return min(fits, spec.search.num_samples)
+    return min(fits, spec.search.trials)
 
 
 def build_trial(base: dict[str, Any], params: dict[str, Any]) -> TrialConfig:
@@ -366,7 +373,7 @@ class Progress(tune.Callback):
             self._left(self.latest[t.trial_id]) for t in running if t.trial_id in self.latest
         )
         ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        waiting = max(self.spec.search.num_samples - ended - len(running), 0)
+        waiting = max(self.spec.search.trials - ended - len(running), 0)
         return (left + waiting * mean_full) / max(1, len(running))
 
     def on_trial_result(
@@ -408,7 +415,7 @@ class Progress(tune.Callback):
         if ending is not None:
             failed += failed_now
             done += not failed_now
-        total = self.spec.search.num_samples
+        total = self.spec.search.trials
         elapsed = time.monotonic() - self.start
         eta = ""
         if self.durations and done + failed < total:
@@ -558,14 +565,17 @@ def load_spec(exp_dir: str, notes: list[str] | None = None) -> tuple[SpaceFile, 
 
 def _record(
     trial_id: str,
-    params: dict[str, Any],
+    trial_config: dict[str, Any],
     base: dict[str, Any],
     history: list[dict[str, Any]],
     tune_status: str,
     error: str | None,
 ) -> dict[str, Any]:
-    """A plain trial record (see ``sd_tune.report``), its status from Tune's and the epochs
-    reached; ``logdir`` is added by the reader."""
+    """A plain trial record (see ``sd_tune.report``) from the trial's Tune config, its status
+    from Tune's and the epochs reached; ``logdir`` is added by the reader. A seed of a
+    configuration (``search.repeats`` > 1) also carries its ``config_id``, ``repeat`` and
+    ``seed``."""
+    params = {k: v for k, v in trial_config.items() if "." in k}
     config = apply_overrides(base, params)
     epochs = int(config.get("train", {}).get("epochs", 0) or 0)
     final = history[-1] if history else {}
@@ -578,8 +588,16 @@ def _record(
     flat = {
         f"{s}.{k}": v for s, sec in config.items() if isinstance(sec, dict) for k, v in sec.items()
     }
+    group = {}
+    if CONFIG_KEY in trial_config:
+        group = {
+            "config_id": trial_config[CONFIG_KEY],
+            "repeat": trial_config.get(REPEAT_KEY),
+            "seed": flat.get("train.seed"),
+        }
     return {
         "trial_id": trial_id,
+        **group,
         "status": status,
         "params": params,
         "config": flat,
@@ -647,9 +665,8 @@ class TrialRecords(tune.Callback):
             self._copy_state(trials[0])
 
     def _write(self, trial: Any, status: str, error: str | None) -> None:
-        params = {k: v for k, v in (trial.config or {}).items() if "." in k}
         history = [row for _, row in sorted(self.history.get(trial.trial_id, {}).items())]
-        record = _record(trial.trial_id, params, self.base, history, status, error)
+        record = _record(trial.trial_id, trial.config or {}, self.base, history, status, error)
         self._put(
             store.join(self.exp_dir, RECORDS_DIR, f"{trial.trial_id}.json"),
             json.dumps(record, default=str).encode(),
@@ -1025,18 +1042,15 @@ def run_search(
     if slots is None:
         slots = concurrency(spec, cluster.node_resources())
     else:
-        slots = min(slots, spec.search.num_samples)
-    say(
-        f"experiment {spec.name}: {spec.search.num_samples} trials, {slots} at a time, "
-        f"results in {exp_dir}"
-    )
+        slots = min(slots, spec.search.trials)
+    say(f"experiment {spec.name}: {trial_count(spec)}, {slots} at a time, results in {exp_dir}")
     tuner = tune.Tuner(
         trainable(spec, root, max_failures, placement_wait_s),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
             reuse_actors=spec.search.scheduler is None,
-            num_samples=spec.search.num_samples,
+            num_samples=spec.search.trials,
             max_concurrent_trials=max(slots, 1),
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
@@ -1262,10 +1276,13 @@ def _params_json(trial_dir: Path) -> dict[str, Any]:
 
 
 def _searched_params(config: Any) -> dict[str, Any]:
-    """The plain ``section.key`` values of a trial's config as Tune stored it."""
+    """The plain ``section.key`` values of a trial's config as Tune stored it, and a seed's
+    configuration id and repeat (``search.repeats``)."""
     if not isinstance(config, dict):
         return {}
-    return {k: v for k, v in config.items() if "." in k and _plain(v)}
+    return {
+        k: v for k, v in config.items() if ("." in k or k in (CONFIG_KEY, REPEAT_KEY)) and _plain(v)
+    }
 
 
 def _error_txt(trial_dir: Path) -> str | None:

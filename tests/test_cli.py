@@ -432,3 +432,39 @@ def test_train_again_under_a_name_keeps_every_earlier_metric(tmp_path: Path) -> 
     assert metrics.read_text() == rows
     summary = json.loads((tmp_path / "run1" / "summary.json").read_text())
     assert summary["final"] == last
+
+
+@pytest.mark.parametrize("command", ["validate", "launch"])
+def test_bad_repeats_end_in_one_message_and_exit_2(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for value, why in (
+        ("0", "search.repeats: must be >= 1, but got 0"),
+        ("-1", "search.repeats: must be >= 1, but got -1"),
+        ("1.5", "search.repeats: must be an integer, but got 1.5"),
+        ('"3"', "search.repeats: must be an integer, but got '3'"),
+        ("1000000000", "search.repeats: must be <= 100 ("),
+    ):
+        result = call(capsys, command, "--space", SMOKE, "--set", f"search.repeats={value}")
+        assert result.returncode == 2 and why in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not result.stdout
+    seeded = call(
+        capsys, command, "--space", SMOKE, "--set", "search.repeats=3",
+        "--set", "space.train.seed={choice: [1, 2]}",
+    )  # fmt: skip
+    assert seeded.returncode == 2, seeded.stdout + seeded.stderr
+    assert "space.train.seed: cannot be searched with search.repeats 3" in seeded.stderr
+    asha = call(
+        capsys, command, "--space", SMOKE, "--set", "search.repeats=2",
+        "--set", "search.scheduler={kind: asha}",
+    )  # fmt: skip
+    assert asha.returncode == 2, asha.stdout + asha.stderr
+    assert "search.scheduler: ASHA stops seeds one by one" in asha.stderr
+
+
+def test_validate_counts_configurations_and_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    result = call(capsys, "validate", "--space", SMOKE, "--set", "search.repeats=2")
+    assert result.returncode == 0, result.stderr
+    assert "experiment 'smoke', 6 trials (3 configurations x 2 seeds) of cifar_resnet" in (
+        result.stdout
+    )

@@ -158,3 +158,12 @@ def test_inside_tune_each_configuration_gets_its_seeds_and_the_saved_study_the_m
     for t in told:
         rate = t.params["stochastic_depth.drop_rate"]
         assert t.values == pytest.approx([rate + 0.005, 1.5])
+
+
+def test_a_repeat_seed_is_a_valid_train_seed() -> None:
+    from sd_tune.config import SEED_LIMIT, space_from_dict
+
+    for k in range(50):
+        seed = repeat_seed(2**32 - 1, k)
+        assert 0 <= seed < SEED_LIMIT
+        assert space_from_dict({"train": {"seed": seed}}).trial.train.seed == seed

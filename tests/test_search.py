@@ -295,6 +295,55 @@ def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> N
     assert {p["trial_id"] for p in front} <= {r["trial_id"] for r in completed}
 
 
+def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_means(
+    tmp_path: Path,
+) -> None:
+    """search.repeats 2: 2 configurations x 2 seeds. Each seed is a row with its configuration
+    id, its repeat and its seed derived from train.seed; the Optuna study in the searcher
+    state Tune saved holds one trial per configuration, told the means of its seeds."""
+    from statistics import fmean
+
+    from sd_tune.repeats import repeat_seed
+    from sd_tune.search import load_spec, make_searcher
+
+    result = cli(
+        "launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
+        "--set", "search.num_samples=2", "--set", "search.repeats=2", "--set", "train.seed=5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "experiment smoke: 4 trials (2 configurations x 2 seeds), 1 at a time" in result.stdout
+    assert "trials: 4 done, 0 running, 0 failed of 4" in result.stdout
+    exp = tmp_path / "smoke"
+    groups: dict[str, list[dict]] = {}
+    for r in trials_json(exp).values():
+        assert r["status"] == "completed", r
+        groups.setdefault(r["config_id"], []).append(r)
+    assert sorted(groups) == ["c00000", "c00001"]
+    for rows in groups.values():
+        assert sorted(r["repeat"] for r in rows) == [0, 1]
+        for r in rows:
+            assert r["seed"] == r["params"]["train.seed"] == repeat_seed(5, r["repeat"])
+        settings = [{k: v for k, v in r["params"].items() if k != "train.seed"} for r in rows]
+        assert settings[0] == settings[1] and settings[0]
+    header, *rows = (exp / "trials.csv").read_text().strip().splitlines()
+    assert header.startswith("trial_id,config_id,repeat,status,") and len(rows) == 4
+    assert "param.train.seed" in header.split(",")
+    spec, _ = load_spec(str(exp))
+    searcher = make_searcher(spec)
+    searcher.restore_from_dir(str(exp))
+    told = searcher.inner._ot_study.trials
+    assert len(told) == 2
+    for trial in told:
+        (rows,) = [
+            g
+            for g in groups.values()
+            if g[0]["params"]["stochastic_depth.drop_rate"]
+            == trial.params["stochastic_depth.drop_rate"]
+        ]
+        means = [fmean(r["final"][m] for r in rows) for m in ("val_acc", "train_time_s")]
+        assert trial.values == pytest.approx(means)
+
+
 def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
     """The whole experiment at a ``file://`` URI with a query string (as an ``s3://`` one with
     ``endpoint_override`` has): sd-tune's own files go through the URI, not a local path."""
