@@ -413,7 +413,7 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     except search.SpecError as err:
         raise UsageError(str(err)) from err
     _write_report(exp_dir, spec, records)
-    front = report.pareto_front(records, spec.objectives)
+    front = report.configuration_front(records, spec.objectives)
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sd_tune.config import Objective
+from sd_tune.configurations import configurations
 from sd_tune.records import (
     STATUSES,
     Record,
@@ -170,6 +171,15 @@ def pareto_front(
     return [rec for _, rec in front]
 
 
+def configuration_front(
+    records: Iterable[Mapping[str, Any]], objectives: Iterable[Any] | None = None
+) -> list[Record]:
+    """The Pareto front of the configurations (``sd_tune.configurations``): the seeds of a
+    configuration enter as one point, each objective the mean over its completed seeds."""
+    objs = _objectives(objectives)
+    return pareto_front(configurations(check_records(records), objs), objs)
+
+
 def time_to_accuracy(
     records: Iterable[Mapping[str, Any]],
     metric: str = "val_acc",
@@ -229,19 +239,40 @@ def _table_rows(
         for m in ("test_acc",)
         if m not in metrics and any(number(record_final(r).get(m)) is not None for r in front)
     ]
+    seeded = any("config_id" in rec for rec in front)  # search.repeats: means of seeds
     header = (
-        ["rank", "trial"]
+        ["rank", "configuration" if seeded else "trial"]
         + _short_names(keys)
         + [f"{o.metric} ({o.mode})" for o in objectives]
         + extra
+        + (["n"] if seeded else [])
     )
     rows = [
         [i + 1, rec.get("trial_id")]
         + [record_params(rec).get(k) for k in keys]
-        + [number(record_final(rec).get(m)) for m in metrics + extra]
+        + [_mean_cell(rec, m) for m in metrics + extra]
+        + ([rec.get("n")] if seeded else [])
         for i, rec in enumerate(front)
     ]
     return header, rows
+
+
+def _mean_cell(rec: Mapping[str, Any], metric: str) -> Any:
+    """A metric's value, or a configuration's mean ± its 95% CI half-width when its seeds
+    give one (never ± 0 for one seed).
+
+    >>> _mean_cell({"final": {"val_acc": 0.85}, "spread": {"val_acc": {"mean": 0.85,
+    ...             "ci_low": 0.8, "ci_high": 0.9}}}, "val_acc")
+    '0.85 ± 0.05'
+    >>> _mean_cell({"final": {"val_acc": 0.85}}, "val_acc")
+    0.85
+    """
+    value = number(record_final(rec).get(metric))
+    s = (rec.get("spread") or {}).get(metric) or {}
+    low, high = number(s.get("ci_low")), number(s.get("ci_high"))
+    if value is None or low is None or high is None:
+        return value
+    return f"{format_value(value)} ± {format_value((high - low) / 2)}"
 
 
 def format_pareto_table(
@@ -366,6 +397,12 @@ def _front_entry(rank: int, rec: Mapping[str, Any], objectives: Sequence[Objecti
     }
     if number(final.get("test_acc")) is not None:
         entry["test_acc"] = number(final.get("test_acc"))
+    if "n" in rec:  # a configuration: its completed seeds and each objective's spread
+        entry["n"] = rec["n"]
+        entry["spread"] = jsonable(rec.get("spread") or {})
+    if "config_id" in rec:
+        entry["config_id"] = rec["config_id"]
+        entry["seeds"] = list(rec.get("seeds") or [])
     return entry
 
 
@@ -401,16 +438,25 @@ def summary_markdown(
     if front:
         best = front[0]
         values = ", ".join(
-            f"{m} {format_value(number(record_final(best).get(m)))}"
+            f"{m} {format_value(_mean_cell(best, m))}"
             for m in dict.fromkeys([*(o.metric for o in objectives), "test_acc"])
             if number(record_final(best).get(m)) is not None
         )
         params = ", ".join(f"{k}={format_value(v)}" for k, v in record_params(best).items())
-        lines += [f"Trial `{best['trial_id']}`: {values}; params: {params or '(none)'}.", ""]
+        what = f"Trial `{best['trial_id']}`"
+        if "config_id" in best:
+            what = f"Configuration `{best['trial_id']}` (mean ± 95% CI of n = {best['n']} seeds)"
+        lines += [f"{what}: {values}; params: {params or '(none)'}.", ""]
     else:
         lines += ["None: no completed trial has every objective metric.", ""]
 
     lines += ["## Pareto front (completed trials only)", ""]
+    if any("config_id" in rec for rec in front):
+        lines += [
+            "Each configuration is one point: its objectives are the means over its completed "
+            "seeds, ± the half-width of their 95% Student-t interval (none for n = 1).",
+            "",
+        ]
     if front:
         lines += [_markdown_table(*_table_rows(front, objectives, None)), ""]
     else:
@@ -526,7 +572,7 @@ def write_results(
     exp_dir.mkdir(parents=True, exist_ok=True)
     records = check_records(records)
     objs = _objectives(objectives)
-    front = pareto_front(records, objs)
+    front = configuration_front(records, objs)
     tta = time_to_accuracy(records)
     paths = {
         key: exp_dir / file

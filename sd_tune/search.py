@@ -324,6 +324,7 @@ class Progress(tune.Callback):
         self.interval_s = interval_s
         self.start = time.monotonic()
         self.best: dict[str, float] = {}
+        self.seeds: dict[str, list[dict[str, float]]] = {}  # config id -> its seeds' finals
         self.durations: list[float] = []
         self.started: dict[str, float] = {}
         self.last_line = -math.inf
@@ -335,6 +336,7 @@ class Progress(tune.Callback):
         """A callback pickled by an older sd-tune (a resumed experiment) lacks newer fields."""
         if "emit" in state:  # its old name
             state["say"] = state.pop("emit")
+        state.setdefault("seeds", {})
         self.__dict__.update(state)
         for name, value in (
             ("interval_s", 10.0),
@@ -432,15 +434,33 @@ class Progress(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
 
-    def _update_best(self, result: dict) -> None:
-        """Best final values so far (per objective; an epoch report is not a final value)."""
+    def _update_best(self, result: dict, config_id: str | None = None) -> None:
+        """Best final values so far (per objective; an epoch report is not a final value). A
+        seed of a configuration (``search.repeats``) counts through its configuration's mean
+        over the seeds finished so far."""
+        finals = {
+            o.metric: float(v)
+            for o in self.spec.objectives
+            if isinstance(v := result.get(o.metric), (int, float)) and math.isfinite(v)
+        }
+        if config_id is not None:
+            self.seeds.setdefault(config_id, []).append(finals)
+            for o in self.spec.objectives:
+                means = [
+                    math.fsum(vs) / len(vs)
+                    for seeds in self.seeds.values()
+                    if (vs := [f[o.metric] for f in seeds if o.metric in f])
+                ]
+                if means:
+                    self.best[o.metric] = max(means) if o.mode == "max" else min(means)
+            return
         for o in self.spec.objectives:
-            value = result.get(o.metric)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            value = finals.get(o.metric)
+            if value is None:
                 continue
             old = self.best.get(o.metric)
             if old is None or (value > old if o.mode == "max" else value < old):
-                self.best[o.metric] = float(value)
+                self.best[o.metric] = value
 
     def _finish(self, trial: Any) -> None:
         self.latest.pop(trial.trial_id, None)
@@ -449,7 +469,7 @@ class Progress(tune.Callback):
             self.durations.append(time.monotonic() - begun)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._update_best(trial.last_result or {})
+        self._update_best(trial.last_result or {}, (trial.config or {}).get(CONFIG_KEY))
         self._finish(trial)
         self._status(trials, trial)
 

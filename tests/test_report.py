@@ -400,6 +400,11 @@ def test_write_results_files_exist_and_agree(written: tuple) -> None:
         "params": records[1]["params"],
         "objectives": {"val_acc": 0.9, "train_time_s": 100},
         "test_acc": 0.89,
+        "n": 1,  # one seed: its mean, no std and no interval
+        "spread": {
+            m: {"mean": v, "std": None, "n": 1, "ci_low": None, "ci_high": None, "confidence": 0.95}
+            for m, v in (("val_acc", 0.9), ("train_time_s", 100), ("test_acc", 0.89))
+        },
     }
 
     tta = strict_json(paths["time_to_accuracy_json"])["points"]

@@ -342,6 +342,20 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
         ]
         means = [fmean(r["final"][m] for r in rows) for m in ("val_acc", "train_time_s")]
         assert trial.values == pytest.approx(means)
+    # The report: the front on the configurations' means, with their spread and n.
+    pareto = json.loads((exp / "pareto.json").read_text())["trials"]
+    assert pareto and {p["config_id"] for p in pareto} <= set(groups)
+    for p in pareto:
+        rows = groups[p["config_id"]]
+        assert p["n"] == 2 and sorted(p["seeds"]) == sorted(r["trial_id"] for r in rows)
+        s = p["spread"]["val_acc"]
+        assert s["mean"] == pytest.approx(fmean(r["final"]["val_acc"] for r in rows))
+        assert s["n"] == 2 and s["ci_low"] <= s["mean"] <= s["ci_high"]
+    assert re.search(r"^rank\s+configuration\s.*\sn$", result.stdout, re.M), result.stdout
+    assert " ± " in result.stdout.split("Pareto front", 1)[1]
+    best = max(fmean(r["final"]["val_acc"] for r in rows) for rows in groups.values())
+    status = [line for line in result.stdout.splitlines() if "trials: 4 done" in line][-1]
+    assert f"val_acc {best:.4g} (max)" in status, status  # the best configuration's mean
 
 
 def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
