@@ -358,6 +358,60 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
     assert f"val_acc {best:.4g} (max)" in status, status  # the best configuration's mean
 
 
+def test_sigkill_in_the_middle_of_a_configuration_then_resume_loses_no_seed(
+    tmp_path: Path,
+) -> None:
+    """search.repeats 2, killed (the whole session, Ray's workers too) once the first seed of
+    the first configuration has finished: resume keeps that seed as it was (not trained
+    again), completes the configuration and runs the next; Optuna holds both means."""
+    from statistics import fmean
+
+    from sd_tune.search import load_spec, make_searcher
+
+    proc = start(
+        "launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
+        "--set", "search.num_samples=2", "--set", "search.repeats=2",
+    )  # fmt: skip
+    exp = tmp_path / "smoke"
+    deadline = time.time() + 300
+    try:
+        while finished_trials(exp, epochs=2) < 1:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.time() < deadline, "no seed finished in 300 s"
+            time.sleep(1)
+        kill_session(proc.pid)
+        proc.communicate(timeout=60)  # reaped: a zombie still "holds" the experiment's lock
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+    before = {
+        p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json") if len(_epochs(p)) >= 2
+    }
+    assert len(before) == 1, before
+    result = cli("resume", str(exp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = trials_json(exp)
+    assert len(records) == 4 and {r["status"] for r in records.values()} == {"completed"}
+    for trial_dir, epochs in before.items():
+        assert _epochs(exp / trial_dir / "result.json") == epochs, trial_dir  # not again
+    groups: dict[str, list[dict]] = {}
+    for r in records.values():
+        groups.setdefault(r["config_id"], []).append(r)
+    assert sorted(groups) == ["c00000", "c00001"]
+    assert all(sorted(r["repeat"] for r in rows) == [0, 1] for rows in groups.values())
+    spec, _ = load_spec(str(exp))
+    searcher = make_searcher(spec)
+    searcher.restore_from_dir(str(exp))
+    told = {
+        t.params["stochastic_depth.drop_rate"]: t.values for t in searcher.inner._ot_study.trials
+    }
+    assert len(told) == 2
+    for rows in groups.values():
+        means = [fmean(r["final"][m] for r in rows) for m in ("val_acc", "train_time_s")]
+        assert told[rows[0]["params"]["stochastic_depth.drop_rate"]] == pytest.approx(means)
+    assert "smoke: 4 trials (4 completed)" in result.stdout
+
+
 def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
     """The whole experiment at a ``file://`` URI with a query string (as an ``s3://`` one with
     ``endpoint_override`` has): sd-tune's own files go through the URI, not a local path."""
