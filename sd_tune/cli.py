@@ -404,7 +404,7 @@ def _write_report(exp_dir: str, spec: Any, records: list[dict[str, Any]]) -> Non
 
 
 def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
-    from sd_tune import report, search
+    from sd_tune import configurations, report, search
 
     notes: list[str] = []
     try:
@@ -414,6 +414,10 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
         raise UsageError(str(err)) from err
     _write_report(exp_dir, spec, records)
     front = report.configuration_front(records, spec.objectives)
+    entries = configurations.configurations(records, spec.objectives)
+    notes += configurations.disagreements(
+        entries, configurations.read_told(exp_dir), spec.objectives
+    )
     counts = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -6,15 +6,19 @@ own, n = 1. The entries look like trial records, so the front and the tables tak
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from sd_tune import storage as store
 from sd_tune.config import Objective
 from sd_tune.records import Record, number, record_final, record_params
 from sd_tune.stats import spread
 
 SPREAD_EXTRA = ("test_acc",)  # spread kept beside the objectives'
+TOLD_FILE = "sd_tune_told.json"  # in an experiment: what Optuna was told, per configuration
+MAX_TOLD_BYTES = 16 * 2**20
 
 
 def configurations(
@@ -90,9 +94,63 @@ def _group(config_id: str, seeds: Sequence[Mapping[str, Any]], metrics: Sequence
         "n": len(done),
         "spread": _spreads(finals, metrics),
         "seeds": [r.get("trial_id") for r in seeds],
+        "completed_seeds": [r.get("trial_id") for r in done],
         "history": [],
     }
     errors = [r.get("error") for r in seeds if r.get("error")]
     if not done and errors:
         entry["error"] = errors[0]
     return entry
+
+
+def disagreements(
+    entries: Iterable[Mapping[str, Any]],
+    told: Mapping[str, Any],
+    objectives: Sequence[Objective],
+) -> list[str]:
+    """A line for each configuration whose mean Optuna was told (``told``: the searcher's
+    :data:`TOLD_FILE`) is not the report's: other seeds, or other values. That happens when
+    Tune's state was restored from an earlier copy, or a seed ran again after Optuna was told.
+
+    >>> entry = {"config_id": "c0", "completed_seeds": ["a", "b"], "final": {"val_acc": 0.8}}
+    >>> disagreements([entry], {"c0": {"seeds": ["a"], "means": {"val_acc": 0.9}}},
+    ...               [Objective("val_acc", "max")])[0][:72]
+    'configuration c0: Optuna was told val_acc 0.9 (mean of 1 seed), the repo'
+    """
+    out = []
+    for entry in entries:
+        config_id = entry.get("config_id")
+        said = told.get(config_id) if isinstance(config_id, str) else None
+        if not isinstance(said, Mapping):
+            continue
+        seeds = said.get("seeds") if isinstance(said.get("seeds"), list) else []
+        means = said.get("means") if isinstance(said.get("means"), Mapping) else {}
+        final = record_final(entry)
+        same = sorted(map(str, seeds)) == sorted(map(str, entry.get("completed_seeds") or []))
+        for o in objectives:
+            a, b = number(means.get(o.metric)), number(final.get(o.metric))
+            if a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-9):
+                same = False
+        if same:
+            continue
+        metric = objectives[0].metric
+        a, b = number(means.get(metric)), number(final.get(metric))
+        n_told, n = len(seeds), len(entry.get("completed_seeds") or [])
+        out.append(
+            f"configuration {config_id}: Optuna was told {metric} "
+            f"{'-' if a is None else f'{a:.4g}'} (mean of {n_told} seed{'s' * (n_told != 1)}), "
+            f"the report's is {'-' if b is None else f'{b:.4g}'} (of {n}): Tune's state was "
+            "restored from an earlier copy, or a seed ran again after Optuna was told, and "
+            "the search went on from what Optuna was told"
+        )
+    return out
+
+
+def read_told(exp_dir: str) -> dict[str, Any]:
+    """The experiment's :data:`TOLD_FILE` (a folder or a URI), read as JSON; {} when it has
+    none (no seeds per configuration, or an experiment written before) or it cannot be read."""
+    try:
+        told = json.loads(store.read_bytes(store.join(exp_dir, TOLD_FILE), MAX_TOLD_BYTES))
+    except (OSError, ValueError):  # ValueError: TooLarge, or not JSON
+        return {}
+    return told if isinstance(told, dict) else {}

@@ -15,6 +15,7 @@ The groundwork of ``search.repeats``: the search does not use it yet."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import statistics
@@ -25,6 +26,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from sd_tune.config import SEED_LIMIT
+from sd_tune.configurations import TOLD_FILE
 from sd_tune.data.samplers import seed_from
 
 CONFIG_KEY = "config_id"  # no dot: not a trial setting
@@ -49,6 +51,7 @@ class Group:
     config: dict[str, Any]
     handed_out: int = 0
     ended: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    trial_ids: dict[int, str] = field(default_factory=dict)  # repeat -> its Tune trial
 
 
 class RepeatSearcher(Searcher):
@@ -65,6 +68,7 @@ class RepeatSearcher(Searcher):
         self.seed = seed
         self.groups: dict[str, Group] = {}
         self.trials: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config id, repeat)
+        self.told: dict[str, dict[str, Any]] = {}  # config id -> the seeds and means told
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict, **spec: Any
@@ -84,6 +88,7 @@ class RepeatSearcher(Searcher):
         group = self.groups[config_id]
         repeat = group.handed_out
         group.handed_out += 1
+        group.trial_ids[repeat] = trial_id
         self.trials[trial_id] = (config_id, repeat)
         return {
             **group.config,
@@ -106,21 +111,24 @@ class RepeatSearcher(Searcher):
         if repeat in group.ended:
             return  # told twice (a restored trial): the first word stands
         group.ended[repeat] = None if error or not result else dict(result)
-        if len(group.ended) == self.repeats:
-            self.inner.on_trial_complete(config_id, *self._mean(group))
-
-    def _mean(self, group: Group) -> tuple[dict[str, float] | None, bool]:
-        """Each objective's mean over the seeds that finished and reported it; (None, True)
-        when no seed did."""
+        if len(group.ended) < self.repeats:
+            return
+        # Each objective's mean over the seeds that finished and reported every objective;
+        # a configuration none of whose seeds did is a failed Optuna trial.
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        finished = [r for r in group.ended.values() if r is not None]
-        means = {}
-        for m in metrics:
-            values = [float(r[m]) for r in finished if r.get(m) is not None]
-            if not values:
-                return None, True
-            means[m] = statistics.fmean(values)
-        return means, False
+        counted = {
+            k: r
+            for k, r in sorted(group.ended.items())
+            if r and all(r.get(m) is not None for m in metrics)
+        }
+        means = (
+            {m: statistics.fmean(float(r[m]) for r in counted.values()) for m in metrics}
+            if counted
+            else None
+        )
+        seeds = [group.trial_ids.get(k) for k in counted]
+        self.told[config_id] = {"seeds": seeds, "means": means}
+        self.inner.on_trial_complete(config_id, means, error=not counted)
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -128,17 +136,25 @@ class RepeatSearcher(Searcher):
             "seed": self.seed,
             "groups": self.groups,
             "trials": self.trials,
+            "told": self.told,
             "inner": _saved(self.inner),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.repeats, self.seed = state["repeats"], state["seed"]
         self.groups, self.trials = state["groups"], state["trials"]
+        self.told = state.get("told", {})
         _restore(self.inner, state["inner"])
 
     def save(self, checkpoint_path: str) -> None:
+        """Tune's pickle of the state, and beside it :data:`TOLD_FILE`: what Optuna was told,
+        as JSON (Tune uploads the folder with the experiment; the report reads it as data)."""
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.get_state(), f)
+        told = os.path.join(os.path.dirname(checkpoint_path), TOLD_FILE)
+        with open(f"{told}.tmp", "w") as f:
+            json.dump(self.told, f)
+        os.replace(f"{told}.tmp", told)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

@@ -118,3 +118,23 @@ def test_records_without_seeds_are_configurations_of_one() -> None:
     }  # fmt: skip
     table = format_pareto_table(configuration_front(old, OBJECTIVES), OBJECTIVES)
     assert table.splitlines()[0].split()[:2] == ["rank", "trial"] and "±" not in table
+
+
+def test_what_optuna_was_told_is_checked_against_the_report() -> None:
+    from sd_tune.configurations import disagreements
+
+    entries = configurations(RECORDS, OBJECTIVES)
+    c0 = {"seeds": ["a0", "a1", "a2"], "means": {"val_acc": 0.84666666666666667,
+          "train_time_s": 52.0}}  # fmt: skip
+    assert disagreements(entries, {"c0": c0}, OBJECTIVES) == []
+    assert disagreements(entries, {}, OBJECTIVES) == []  # nothing told: nothing to compare
+    fewer = {"seeds": ["a0", "a1"], "means": {"val_acc": 0.87, "train_time_s": 51.0}}
+    (line,) = disagreements(entries, {"c0": fewer}, OBJECTIVES)
+    assert line.startswith(
+        "configuration c0: Optuna was told val_acc 0.87 (mean of 2 seeds), the report's is "
+        "0.8467 (of 3): Tune's state was restored from an earlier copy"
+    ), line
+    other = {"seeds": ["a0", "a1", "a2"], "means": {"val_acc": 0.5, "train_time_s": 52.0}}
+    assert len(disagreements(entries, {"c0": other}, OBJECTIVES)) == 1
+    failed = {"seeds": [], "means": None}  # every seed of c3 failed: so Optuna was told
+    assert disagreements(entries, {"c3": failed}, OBJECTIVES) == []

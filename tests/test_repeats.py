@@ -4,12 +4,14 @@ configuration; failures; no barrier between configurations; save and restore mid
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
 import pytest
 
 from sd_tune.config import space_from_dict
+from sd_tune.configurations import TOLD_FILE
 from sd_tune.repeats import CONFIG_KEY, REPEAT_KEY, SEED_KEY, RepeatSearcher, repeat_seed
 from sd_tune.search import make_searcher
 
@@ -114,6 +116,12 @@ def test_save_and_restore_in_the_middle_of_a_configuration(tmp_path: Path) -> No
     assert trial.values == pytest.approx([0.8333333333, 12.0])
     assert trial.params["stochastic_depth.drop_rate"] == configs[0]["stochastic_depth.drop_rate"]
     assert again.suggest("t3")[CONFIG_KEY] == "c00001"  # the first is not asked for again
+    again.save(str(tmp_path / "later.pkl"))
+    told = json.loads((tmp_path / TOLD_FILE).read_text())  # data beside Tune's pickle
+    assert told == {
+        "c00000": {"seeds": ["t0", "t1", "t2"], "means": {"val_acc": trial.values[0],
+                                                          "train_time_s": 12.0}}
+    }  # fmt: skip
 
 
 def test_repeats_below_one_are_refused() -> None:
@@ -158,6 +166,15 @@ def test_inside_tune_each_configuration_gets_its_seeds_and_the_saved_study_the_m
     for t in told:
         rate = t.params["stochastic_depth.drop_rate"]
         assert t.values == pytest.approx([rate + 0.005, 1.5])
+    # what Optuna was told, as JSON, uploaded with the experiment
+    said = json.loads((tmp_path / "seeds" / TOLD_FILE).read_text())
+    assert sorted(said) == sorted(configs)
+    for config_id, group in configs.items():
+        assert len(said[config_id]["seeds"]) == 2
+        rate = group[0]["stochastic_depth.drop_rate"]
+        assert said[config_id]["means"] == pytest.approx(
+            {"val_acc": rate + 0.005, "train_time_s": 1.5}
+        )
 
 
 def test_a_repeat_seed_is_a_valid_train_seed() -> None:

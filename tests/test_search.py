@@ -303,6 +303,7 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
     state Tune saved holds one trial per configuration, told the means of its seeds."""
     from statistics import fmean
 
+    from sd_tune.configurations import TOLD_FILE
     from sd_tune.repeats import repeat_seed
     from sd_tune.search import load_spec, make_searcher
 
@@ -356,6 +357,19 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
     best = max(fmean(r["final"]["val_acc"] for r in rows) for rows in groups.values())
     status = [line for line in result.stdout.splitlines() if "trials: 4 done" in line][-1]
     assert f"val_acc {best:.4g} (max)" in status, status  # the best configuration's mean
+    # What Optuna was told agrees with the report; once it does not (as after a state roll-back
+    # or a seed run again), the report says so.
+    assert "Optuna was told" not in result.stdout
+    told = json.loads((exp / TOLD_FILE).read_text())
+    assert sorted(told) == sorted(groups)
+    told["c00000"]["seeds"] = told["c00000"]["seeds"][:1]
+    told["c00000"]["means"]["val_acc"] = 0.5
+    (exp / TOLD_FILE).write_text(json.dumps(told))
+    report = cli("report", str(exp))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "note: configuration c00000: Optuna was told val_acc 0.5 (mean of 1 seed), the " in (
+        report.stdout
+    ), report.stdout
 
 
 def test_sigkill_in_the_middle_of_a_configuration_then_resume_loses_no_seed(
