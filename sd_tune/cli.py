@@ -413,8 +413,8 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     except search.SpecError as err:
         raise UsageError(str(err)) from err
     _write_report(exp_dir, spec, records)
-    front = report.configuration_front(records, spec.objectives)
     entries = configurations.configurations(records, spec.objectives)
+    front = report.pareto_front(entries, spec.objectives)
     notes += configurations.disagreements(
         entries, configurations.read_told(exp_dir), spec.objectives
     )

@@ -9,9 +9,8 @@ Each trial's config carries its configuration id (:data:`CONFIG_KEY`), its repea
 ``seed_from(train.seed, k)``, not ``train.seed + k``: the data order is seeded with seed +
 epoch, so seed s at epoch e+1 would shuffle as seed s+1 at epoch e. The groups live in the
 searcher's state, which Tune saves with the experiment, so a resumed search neither loses a
-finished seed nor asks for a configuration twice.
-
-The groundwork of ``search.repeats``: the search does not use it yet."""
+finished seed nor asks for a configuration twice. ``search.make_searcher`` uses it when
+``search.repeats`` > 1."""
 
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from sd_tune import storage as store
 from sd_tune.config import SEED_LIMIT
 from sd_tune.configurations import TOLD_FILE
 from sd_tune.data.samplers import seed_from
@@ -152,9 +152,7 @@ class RepeatSearcher(Searcher):
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.get_state(), f)
         told = os.path.join(os.path.dirname(checkpoint_path), TOLD_FILE)
-        with open(f"{told}.tmp", "w") as f:
-            json.dump(self.told, f)
-        os.replace(f"{told}.tmp", told)
+        store.replace_file(told, json.dumps(self.told))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
