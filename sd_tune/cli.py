@@ -404,7 +404,8 @@ def _write_report(exp_dir: str, spec: Any, records: list[dict[str, Any]]) -> Non
 
 
 def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
-    from sd_tune import configurations, report, search
+    from sd_tune import configurations, report, search, verdict
+    from sd_tune.comparison import baseline_seeds_due, compare
 
     notes: list[str] = []
     try:
@@ -438,14 +439,19 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
         print(f"note: {note}")
     for line in unreadable:
         print(f"  unreadable: {line}")
+    for c in compare(records):  # the last lines: what the baseline comparison supports
+        print(f"against no stochastic depth: {verdict.sentence(c)}")
     unfinished = [r for r in records if r["status"] in ("running", "pending")]
     started = sum(r["status"] != "abandoned" for r in records)
+    due = spec.search.trials
+    if spec.search.baseline:
+        due += baseline_seeds_due(records, spec.search.repeats)
     resume = f"sd-tune resume {shlex.quote(exp_dir)}"
     text = None
-    if unfinished or started < spec.search.trials:
+    if unfinished or started < due:
         stopped = f"stopped by {_INTERRUPTED[0]}: " if _INTERRUPTED else ""
         text = (
-            f"{stopped}the search is unfinished ({started} of {spec.search.trials} "
+            f"{stopped}the search is unfinished ({started} of {due} "
             f"trials started, {len(unfinished)} unfinished); continue with `{resume}`"
         )
     if unreadable:
@@ -504,7 +510,7 @@ def _launch(args: argparse.Namespace) -> int:
             spec.trial,
             storage,
             wait_s=args.wait_for_nodes,
-            trials=expected_trials(spec.search.trials, spec.search.max_concurrent_trials),
+            trials=expected_trials(spec.total_trials, spec.search.max_concurrent_trials),
         )
         args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
         try:

@@ -205,6 +205,17 @@ def _values(records: Sequence[Mapping[str, Any]], metric: str) -> list[float]:
     return [v for r in records if (v := number(record_final(r).get(metric))) is not None]
 
 
+def baseline_seeds_due(records: Iterable[Mapping[str, Any]], repeats: int) -> int:
+    """How many baseline seeds a finished search has run: ``repeats`` for each depth where a
+    configuration finished a seed (each such depth has a best configuration)."""
+    depths = {
+        _setting(r, "model.depth")
+        for r in records
+        if r.get("status") == "completed" and not is_baseline(r)
+    }
+    return repeats * len(depths)
+
+
 def is_baseline(rec: Mapping[str, Any]) -> bool:
     """Whether ``rec`` is a baseline seed's record."""
     return isinstance(rec.get(BASELINE_KEY), str)

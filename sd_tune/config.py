@@ -258,6 +258,7 @@ class SearchConfig:
     seed: int = 0
     num_samples: int = 8  # configurations
     repeats: int = 1  # seeds per configuration
+    baseline: bool | None = None  # null: on when repeats >= 2 and the drop rate can be above 0
     max_concurrent_trials: int | None = None
     scheduler: SchedulerConfig | None = None
 
@@ -282,6 +283,41 @@ class SpaceFile:
     search: SearchConfig
     storage: str
     source: str = "<dict>"
+
+    def baseline_depths(self) -> int:
+        """At most how many depths get a baseline: one per depth the search can try, and no
+        more than its configurations.
+
+        >>> space_from_dict({"space": {"model.depth": {"choice": [20, 56, 110]}},
+        ...                  "search": {"num_samples": 2}}).baseline_depths()
+        2
+        """
+        entry = self.space.get("model.depth")
+        if not isinstance(entry, dict):
+            return 1
+        kind, args = next(iter(entry.items()))
+        if kind == "choice":
+            count = len(set(args))
+        elif kind == "int":
+            count = int(args[1]) - int(args[0]) + 1
+        else:
+            count = self.search.num_samples
+        return max(1, min(count, self.search.num_samples))
+
+    @property
+    def baseline_trials(self) -> int:
+        """At most how many baseline trials run: ``repeats`` seeds per depth, when on."""
+        return self.search.repeats * self.baseline_depths() if self.search.baseline else 0
+
+    @property
+    def total_trials(self) -> int:
+        """At most how many Tune trials the search runs: its configurations' seeds and the
+        baseline's (fewer when a searched depth never won a configuration).
+
+        >>> space_from_dict({"search": {"num_samples": 3, "repeats": 2}}).total_trials
+        8
+        """
+        return self.search.trials + self.baseline_trials
 
 
 SECTIONS = {
@@ -745,6 +781,7 @@ def space_from_dict(data: dict[str, Any], source: str = "<dict>") -> SpaceFile:
     objectives = _objectives(data.get("objectives"), problems)
     search = _search(data.get("search"), problems)
     _check_repeats(search, space, problems)
+    _check_baseline(search, space, trial, problems)
     storage = data.get("storage", "results")
     if not isinstance(storage, str) or not storage:
         problems.append(
@@ -768,13 +805,28 @@ def trial_count(spec: SpaceFile) -> str:
 
     >>> trial_count(space_from_dict({"search": {"num_samples": 3}}))
     '3 trials'
-    >>> trial_count(space_from_dict({"search": {"num_samples": 3, "repeats": 2}}))
+    >>> trial_count(space_from_dict({"search": {"num_samples": 3, "repeats": 2,
+    ...                                         "baseline": False}}))
     '6 trials (3 configurations x 2 seeds)'
+    >>> trial_count(space_from_dict({"search": {"num_samples": 3, "repeats": 2}}))[:48]
+    '8 trials (3 configurations x 2 seeds, then the b'
     """
     s = spec.search
     if s.repeats == 1:
         return f"{s.trials} trials"
-    return f"{s.trials} trials ({s.num_samples} configurations x {s.repeats} seeds)"
+    if not s.baseline:
+        return f"{s.trials} trials ({s.num_samples} configurations x {s.repeats} seeds)"
+    depths = spec.baseline_depths()
+    where = (
+        ""
+        if depths == 1 and "model.depth" not in searched_keys(spec)
+        else (f" at each of up to {depths} depths")
+    )
+    upto = "up to " if where else ""
+    return (
+        f"{upto}{spec.total_trials} trials ({s.num_samples} configurations x {s.repeats} seeds, "
+        f"then the best again without stochastic depth: {s.repeats} baseline seeds{where})"
+    )
 
 
 def searched_keys(spec: SpaceFile) -> list[str]:
@@ -796,12 +848,19 @@ def nothing_searched(spec: SpaceFile) -> str | None:
     """
     if searched_keys(spec):
         return None
+    if spec.search.baseline and spec.search.num_samples == 1:
+        return None  # one configuration against its baseline (e.g. the paper's 0.5 linear)
     what = "only fixed values" if spec.space else "it is empty"
     return (
         f"space: lists no setting to search ({what}), so all {spec.search.num_samples} "
         "trials would train the same settings; add a distribution (e.g. "
         "stochastic_depth.drop_rate: {uniform: [0.0, 0.5]}), or train the settings once "
         "with `sd-tune train`"
+        + (
+            ", or set search.num_samples: 1 to compare these settings with no stochastic depth"
+            if spec.search.baseline
+            else ""
+        )
     )
 
 
@@ -978,6 +1037,57 @@ def _check_repeats(
                 "search.scheduler",
                 f"ASHA stops seeds one by one, so it cannot run with search.repeats "
                 f"{search.repeats}; drop the scheduler or set search.repeats: 1",
+            )
+        )
+
+
+def drop_rate_can_be_above_zero(space: dict[str, Any], trial: TrialConfig) -> bool:
+    """Whether some trial of ``space`` trains with a drop rate above 0 (searched, or fixed
+    above 0 in ``space`` or in the ``stochastic_depth`` section).
+
+    >>> drop_rate_can_be_above_zero({}, TrialConfig())
+    True
+    >>> drop_rate_can_be_above_zero({"stochastic_depth.drop_rate": 0.0}, TrialConfig())
+    False
+    """
+    entry = space.get("stochastic_depth.drop_rate", trial.stochastic_depth.drop_rate)
+    if isinstance(entry, dict):
+        return True
+    return isinstance(entry, (int, float)) and not isinstance(entry, bool) and entry > 0
+
+
+def _check_baseline(
+    search: SearchConfig,
+    space: dict[str, Any],
+    trial: TrialConfig,
+    problems: list[tuple[str, str]],
+) -> None:
+    """Refuse a baseline that cannot be compared; decide ``search.baseline`` when unset (on
+    when repeats >= 2 and the drop rate can be above 0)."""
+    if not isinstance(search.repeats, int):
+        return
+    above_zero = drop_rate_can_be_above_zero(space, trial)
+    if search.baseline is None:
+        search.baseline = search.repeats >= 2 and above_zero and search.scheduler is None
+        return
+    if not search.baseline:
+        return
+    if search.repeats < 2:
+        problems.append(
+            (
+                "search.baseline",
+                f"needs search.repeats 2 or more (got {search.repeats}): the comparison with "
+                "no stochastic depth is an interval over seeds; set search.repeats: 3, or "
+                "search.baseline: false",
+            )
+        )
+    if not above_zero:
+        problems.append(
+            (
+                "search.baseline",
+                "compares stochastic depth with drop rate 0, but the drop rate is fixed at 0: "
+                "search stochastic_depth.drop_rate or fix it above 0, or set "
+                "search.baseline: false",
             )
         )
 

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sd_tune import verdict
+from sd_tune.comparison import BASELINE_KEY, COMPARISON_FILE, Comparison, compare, is_baseline
 from sd_tune.config import Objective
 from sd_tune.configurations import configurations
 from sd_tune.records import (
@@ -175,9 +177,11 @@ def configuration_front(
     records: Iterable[Mapping[str, Any]], objectives: Iterable[Any] | None = None
 ) -> list[Record]:
     """The Pareto front of the configurations (``sd_tune.configurations``): the seeds of a
-    configuration enter as one point, each objective the mean over its completed seeds."""
+    configuration enter as one point, each objective the mean over its completed seeds. The
+    baseline's seeds (``search.baseline``) are no configuration of the search's: left out."""
     objs = _objectives(objectives)
-    return pareto_front(configurations(check_records(records), objs), objs)
+    searched = [r for r in check_records(records) if not is_baseline(r)]
+    return pareto_front(configurations(searched, objs), objs)
 
 
 def time_to_accuracy(
@@ -351,10 +355,10 @@ def load_records(path: str | Path) -> list[Record]:
 def _write_csv(path: Path, records: Sequence[Record], objectives: Sequence[Objective]) -> None:
     pkeys, mkeys = _param_keys(records), metric_keys(records, objectives)
     mcols = [f"metric.{m}" if m in FIXED_COLUMNS or m.startswith("param.") else m for m in mkeys]
-    seeds = [k for k in ("config_id", "repeat") if any(k in rec for rec in records)]
+    seeds = [k for k in ("config_id", "repeat", BASELINE_KEY) if any(k in rec for rec in records)]
     header = [
         "trial_id",
-        *seeds,  # a seed of a configuration (search.repeats)
+        *seeds,  # a seed of a configuration (search.repeats), a baseline's (search.baseline)
         "status",
         *(f"param.{k}" for k in pkeys),
         *mcols,
@@ -415,6 +419,7 @@ def summary_markdown(
     tta: Sequence[Mapping[str, Any]],
     *,
     figures: bool = False,
+    comparisons: Sequence[Comparison] = (),
 ) -> str:
     """The ``summary.md`` text (also shown in TensorBoard's Text tab); ``figures``: show
     ``pareto.png`` and ``drop_rate.png``, written beside it.
@@ -449,6 +454,7 @@ def summary_markdown(
         lines += [f"{what}: {values}; params: {params or '(none)'}.", ""]
     else:
         lines += ["None: no completed trial has every objective metric.", ""]
+    lines += verdict.markdown(list(comparisons))
 
     lines += ["## Pareto front (completed trials only)", ""]
     if any("config_id" in rec for rec in front):
@@ -574,6 +580,7 @@ def write_results(
     objs = _objectives(objectives)
     front = configuration_front(records, objs)
     tta = time_to_accuracy(records)
+    comparisons = compare(records)
     paths = {
         key: exp_dir / file
         for key, file in (
@@ -603,7 +610,29 @@ def write_results(
         paths["time_to_accuracy_json"],
         {"metric": "val_acc", "time_key": "train_time_s", "points": tta},
     )
-    summary = summary_markdown(location or exp_dir, name, records, objs, front, tta, figures=figure)
+    if comparisons:
+        paths["comparison_json"] = exp_dir / COMPARISON_FILE
+        dump(
+            paths["comparison_json"],
+            {
+                "name": name,
+                "about": "stochastic depth minus no stochastic depth (drop rate 0, same seeds) "
+                "for each depth's best configuration; Welch 95% intervals, test_acc's p "
+                "Holm-adjusted across depths",
+                "comparisons": [c.to_dict() for c in comparisons],
+                "sentences": [verdict.sentence(c) for c in comparisons],
+            },
+        )
+    summary = summary_markdown(
+        location or exp_dir,
+        name,
+        records,
+        objs,
+        front,
+        tta,
+        figures=figure,
+        comparisons=comparisons,
+    )
     replace_file(paths["summary_md"], summary)
     images = {}
     if figure:

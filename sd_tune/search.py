@@ -39,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sd_tune import cluster, ray_train
 from sd_tune import storage as store
+from sd_tune.comparison import BASELINE_KEY
 from sd_tune.config import (
     EPOCH_METRICS,
     FINAL_METRICS,
@@ -179,15 +180,26 @@ def make_searcher(spec: SpaceFile) -> OptunaSearch | RepeatSearcher:
     dists, _ = optuna_distributions(spec.space)
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
-    searcher = OptunaSearch(
-        space=dists,
-        metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0],
-        sampler=make_sampler(spec),
+    metric = metrics if len(metrics) > 1 else metrics[0]
+    mode = modes if len(modes) > 1 else modes[0]
+    # A space that searches nothing runs one fixed configuration against its baseline.
+    searcher = (
+        OptunaSearch(space=dists, metric=metric, mode=mode, sampler=make_sampler(spec))
+        if dists
+        else None
     )
-    if spec.search.repeats == 1:
+    if spec.search.repeats == 1 and searcher is not None:
         return searcher
-    return RepeatSearcher(searcher, spec.search.repeats, spec.trial.train.seed)
+    return RepeatSearcher(
+        searcher,
+        spec.search.repeats,
+        spec.trial.train.seed,
+        configurations=spec.search.num_samples,
+        baseline=bool(spec.search.baseline),
+        depth=base_config(spec)["model"]["depth"],
+        metric=metric,
+        mode=mode,
+    )
 
 
 def make_scheduler(spec: SpaceFile) -> ASHAScheduler | None:
@@ -224,7 +236,7 @@ def concurrency(spec: SpaceFile, nodes: Sequence[dict[str, float]]) -> int:
     fits = cluster.worker_slots(spec.trial, nodes) // spec.trial.resources.num_workers
     if spec.search.max_concurrent_trials is not None:
         fits = min(fits, spec.search.max_concurrent_trials)
-    return min(fits, spec.search.trials)
+    return min(fits, spec.total_trials)
 
 
 def build_trial(base: dict[str, Any], params: dict[str, Any]) -> TrialConfig:
@@ -375,7 +387,7 @@ class Progress(tune.Callback):
             self._left(self.latest[t.trial_id]) for t in running if t.trial_id in self.latest
         )
         ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        waiting = max(self.spec.search.trials - ended - len(running), 0)
+        waiting = max(self.spec.total_trials - ended - len(running), 0)
         return (left + waiting * mean_full) / max(1, len(running))
 
     def on_trial_result(
@@ -417,7 +429,7 @@ class Progress(tune.Callback):
         if ending is not None:
             failed += failed_now
             done += not failed_now
-        total = self.spec.search.trials
+        total = self.spec.total_trials
         elapsed = time.monotonic() - self.start
         eta = ""
         if self.durations and done + failed < total:
@@ -433,6 +445,12 @@ class Progress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
+        config = trial.config or {}
+        if isinstance(config.get(BASELINE_KEY), str) and config.get(REPEAT_KEY) == 0:
+            self.say(
+                f"baseline: configuration {config[BASELINE_KEY]} again without stochastic "
+                f"depth (drop rate 0), with its {self.spec.search.repeats} seeds"
+            )
 
     def _update_best(self, result: dict, config_id: str | None = None) -> None:
         """Best final values so far (per objective; an epoch report is not a final value). A
@@ -469,7 +487,9 @@ class Progress(tune.Callback):
             self.durations.append(time.monotonic() - begun)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._update_best(trial.last_result or {}, (trial.config or {}).get(CONFIG_KEY))
+        config = trial.config or {}
+        if not isinstance(config.get(BASELINE_KEY), str):  # a baseline seed is no candidate
+            self._update_best(trial.last_result or {}, config.get(CONFIG_KEY))
         self._finish(trial)
         self._status(trials, trial)
 
@@ -615,6 +635,8 @@ def _record(
             "repeat": trial_config.get(REPEAT_KEY),
             "seed": flat.get("train.seed"),
         }
+        if isinstance(trial_config.get(BASELINE_KEY), str):
+            group[BASELINE_KEY] = trial_config[BASELINE_KEY]
     return {
         "trial_id": trial_id,
         **group,
@@ -1062,7 +1084,7 @@ def run_search(
     if slots is None:
         slots = concurrency(spec, cluster.node_resources())
     else:
-        slots = min(slots, spec.search.trials)
+        slots = min(slots, spec.total_trials)
     say(f"experiment {spec.name}: {trial_count(spec)}, {slots} at a time, results in {exp_dir}")
     tuner = tune.Tuner(
         trainable(spec, root, max_failures, placement_wait_s),
@@ -1070,7 +1092,7 @@ def run_search(
             search_alg=make_searcher(spec),
             scheduler=make_scheduler(spec),
             reuse_actors=spec.search.scheduler is None,
-            num_samples=spec.search.trials,
+            num_samples=spec.total_trials,
             max_concurrent_trials=max(slots, 1),
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
@@ -1301,7 +1323,9 @@ def _searched_params(config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         return {}
     return {
-        k: v for k, v in config.items() if ("." in k or k in (CONFIG_KEY, REPEAT_KEY)) and _plain(v)
+        k: v
+        for k, v in config.items()
+        if ("." in k or k in (CONFIG_KEY, REPEAT_KEY, BASELINE_KEY)) and _plain(v)
     }
 
 

@@ -105,3 +105,46 @@ def val_line(c: Comparison) -> str | None:
         f"{label(c)}: {_signed(100 * d.delta)} ± {100 * d.half_width:.1f} points val_acc "
         "(the metric this configuration was chosen on, so biased in its favour)"
     )
+
+
+def _cell(d: Difference | None, scale: float = 100.0, unit: str = "") -> str:
+    if d is None:
+        return "-"
+    if d.half_width is None:
+        return f"{_signed(scale * d.delta, 2)}{unit} (no interval)"
+    return f"{_signed(scale * d.delta, 2)} ± {scale * d.half_width:.2f}{unit}"
+
+
+def markdown(comparisons: list[Comparison]) -> list[str]:
+    """summary.md's section (also TensorBoard's summary text): the sentences, then a table
+    of every difference with its interval, p and seeds per arm."""
+    if not comparisons:
+        return []
+    lines = [
+        "## Against no stochastic depth",
+        "",
+        "Each depth's best configuration (highest mean val_acc) trained again with drop rate "
+        "0 and the same seeds, every other setting unchanged. test_acc was not used to choose "
+        "it and is the fair comparison; val_acc was, so its difference is biased in the "
+        "configuration's favour. Differences are stochastic depth minus baseline with Welch "
+        "95% intervals; test_acc's p is Holm-adjusted across the depths.",
+        "",
+        *(f"- {sentence(c)}." for c in comparisons),
+        "",
+        "| depth | configuration | seeds (SD / baseline) | Δtest_acc (points) | p | p (Holm) "
+        "| Δval_acc (points, chosen on) | Δtrain_time_s | Δtrain_time_s (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        test, time = c.differences.get("test_acc"), c.differences.get("train_time_s")
+        p = "-" if test is None or test.p is None else f"{test.p:.3g}"
+        ph = "-" if test is None or test.p_holm is None else f"{test.p_holm:.3g}"
+        rel = "-"
+        if time is not None and time.relative is not None:
+            rel = _signed(100 * time.relative, 1) + "%"
+        lines.append(
+            f"| {'-' if c.depth is None else c.depth} | `{c.config_id}` | {c.n[0]} / {c.n[1]} "
+            f"| {_cell(test)} | {p} | {ph} | {_cell(c.differences.get('val_acc'))} "
+            f"| {_cell(time, 1.0, ' s')} | {rel} |"
+        )
+    return [*lines, ""]

@@ -465,6 +465,32 @@ def test_bad_repeats_end_in_one_message_and_exit_2(
 def test_validate_counts_configurations_and_seeds(capsys: pytest.CaptureFixture[str]) -> None:
     result = call(capsys, "validate", "--space", SMOKE, "--set", "search.repeats=2")
     assert result.returncode == 0, result.stderr
+    assert (
+        "experiment 'smoke', 8 trials (3 configurations x 2 seeds, then the best again without "
+        "stochastic depth: 2 baseline seeds) of cifar_resnet"
+    ) in result.stdout
+    off = call(
+        capsys, "validate", "--space", SMOKE, "--set", "search.repeats=2",
+        "--set", "search.baseline=false",
+    )  # fmt: skip
     assert "experiment 'smoke', 6 trials (3 configurations x 2 seeds) of cifar_resnet" in (
-        result.stdout
+        off.stdout
     )
+
+
+@pytest.mark.parametrize("command", ["validate", "launch"])
+def test_a_baseline_that_cannot_compare_ends_in_one_message_and_exit_2(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for sets, why in (
+        (["search.baseline=true"], "search.baseline: needs search.repeats 2 or more (got 1)"),
+        (
+            ["search.baseline=true", "search.repeats=3", "space.stochastic_depth.drop_rate=0"],
+            "search.baseline: compares stochastic depth with drop rate 0, but the drop rate "
+            "is fixed at 0",
+        ),
+    ):
+        args = [a for s in sets for a in ("--set", s)]
+        result = call(capsys, command, "--space", SMOKE, *args)
+        assert result.returncode == 2 and why in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not result.stdout

@@ -6,6 +6,7 @@ import os
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from sd_tune.config import (
     load_space,
     parse_value,
     space_from_dict,
+    trial_count,
 )
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -907,3 +909,63 @@ def test_cli_prints_the_rename_as_one_note(tmp_path: Path, capsys: pytest.Captur
         err.startswith("sd-tune: note: `stochastic_depth.method` is the old name")
         and err.count("\n") == 1
     ), err
+
+
+def test_baseline_is_on_by_default_with_seeds_and_a_drop_rate_above_zero() -> None:
+    def baseline(search: dict, space: dict | None = None, **sections: Any) -> bool | None:
+        data = {"search": search, "space": space or {}, **sections}
+        return space_from_dict(data).search.baseline
+
+    searched = {"stochastic_depth.drop_rate": {"uniform": [0.0, 0.5]}}
+    assert baseline({"repeats": 2}, searched) is True
+    assert baseline({"repeats": 2}) is True  # fixed at the default 0.1
+    assert baseline({"repeats": 2}, {"stochastic_depth.drop_rate": 0.5}) is True
+    assert baseline({"repeats": 1}, searched) is False  # no interval with one seed
+    assert baseline({"repeats": 2}, {"stochastic_depth.drop_rate": 0.0}) is False
+    assert baseline({"repeats": 2}, stochastic_depth={"drop_rate": 0.0}) is False
+    assert baseline({"repeats": 2, "baseline": False}, searched) is False
+
+
+def test_a_baseline_that_cannot_compare_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"search.baseline: needs search.repeats 2 or more"):
+        space_from_dict({"search": {"baseline": True}})
+    with pytest.raises(ConfigError, match=r"search.baseline: compares stochastic depth with"):
+        space_from_dict(
+            {"search": {"repeats": 3, "baseline": True}, "stochastic_depth": {"drop_rate": 0}}
+        )
+    with pytest.raises(ConfigError, match=r"search.baseline: must be true or false"):
+        space_from_dict({"search": {"repeats": 3, "baseline": "yes"}})
+
+
+def test_the_baseline_counts_its_seeds_at_each_depth() -> None:
+    one = space_from_dict({"search": {"num_samples": 4, "repeats": 3}})
+    assert (one.baseline_trials, one.total_trials) == (3, 15)
+    assert trial_count(one) == (
+        "15 trials (4 configurations x 3 seeds, then the best again without stochastic "
+        "depth: 3 baseline seeds)"
+    )
+    depths = space_from_dict(
+        {
+            "search": {"num_samples": 4, "repeats": 2},
+            "space": {"model.depth": {"choice": [8, 14, 20]}},
+        }
+    )
+    assert (depths.baseline_depths(), depths.baseline_trials, depths.total_trials) == (3, 6, 14)
+    assert trial_count(depths).startswith("up to 14 trials (4 configurations x 2 seeds, ")
+    assert trial_count(depths).endswith(": 2 baseline seeds at each of up to 3 depths)")
+    off = space_from_dict({"search": {"num_samples": 4, "repeats": 2, "baseline": False}})
+    assert (off.baseline_trials, off.total_trials) == (0, 8)
+
+
+def test_a_fixed_drop_rate_against_its_baseline_searches_nothing_else() -> None:
+    from sd_tune.config import nothing_searched
+
+    paper = {"space": {"stochastic_depth.drop_rate": 0.5}, "search": {"repeats": 3}}
+    many = nothing_searched(space_from_dict({**paper, "search": {"repeats": 3, "num_samples": 3}}))
+    assert many is not None and many.endswith(
+        "or set search.num_samples: 1 to compare these settings with no stochastic depth"
+    )
+    assert (
+        nothing_searched(space_from_dict({**paper, "search": {"repeats": 3, "num_samples": 1}}))
+        is None
+    )

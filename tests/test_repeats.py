@@ -133,28 +133,41 @@ def test_repeats_below_one_are_refused() -> None:
 def test_inside_tune_each_configuration_gets_its_seeds_and_the_saved_study_the_means(
     ray_session: None, tmp_path: Path
 ) -> None:
-    """A real Tune run (2 trials at a time, actors reused) of 3 configurations x 2 seeds; the
-    searcher state Tune saved is read back and its study holds one trial per configuration,
-    told the means."""
+    """A real Tune run (2 trials at a time, actors reused) of 3 configurations x 2 seeds, then
+    the best one's baseline (its 2 seeds at drop rate 0; Tune's num_samples is only an upper
+    bound: the searcher says when it is done); the searcher state Tune saved is read back and
+    its study holds one trial per configuration, told the means."""
     from ray import tune
+
+    from sd_tune.comparison import BASELINE_KEY
 
     def report_seeded(config: dict) -> None:  # nested: Ray's workers cannot import this module
         rate, repeat = config["stochastic_depth.drop_rate"], config["repeat"]
         tune.report({"val_acc": rate + 0.01 * repeat, "train_time_s": 1.0 + repeat})
 
+    inner = searcher(repeats=1).inner
+    with_baseline = RepeatSearcher(inner, 2, 7, configurations=3, baseline=True, depth=8)
     tuner = tune.Tuner(
         tune.with_resources(report_seeded, {"CPU": 0.5}),
         tune_config=tune.TuneConfig(
-            search_alg=searcher(repeats=2), num_samples=6, max_concurrent_trials=2
+            search_alg=with_baseline, num_samples=10, max_concurrent_trials=2
         ),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="seeds", verbose=0),
     )
     results = tuner.fit()
     assert not results.errors
     configs: dict[str, list[dict]] = {}
+    baseline = []
     for r in results:
+        if BASELINE_KEY in r.config:
+            baseline.append(r.config)
+            continue
         configs.setdefault(r.config[CONFIG_KEY], []).append(r.config)
     assert sorted(configs) == ["c00000", "c00001", "c00002"]
+    best = max(configs.values(), key=lambda g: g[0]["stochastic_depth.drop_rate"])
+    assert len(baseline) == 2 and {c[BASELINE_KEY] for c in baseline} == {best[0][CONFIG_KEY]}
+    assert {c["stochastic_depth.drop_rate"] for c in baseline} == {0.0}
+    assert sorted(c[SEED_KEY] for c in baseline) == sorted(c[SEED_KEY] for c in best)
     for group in configs.values():
         assert sorted(c[REPEAT_KEY] for c in group) == [0, 1]
         assert sorted(c[SEED_KEY] for c in group) == sorted(repeat_seed(7, k) for k in (0, 1))
@@ -184,3 +197,110 @@ def test_a_repeat_seed_is_a_valid_train_seed() -> None:
         seed = repeat_seed(2**32 - 1, k)
         assert 0 <= seed < SEED_LIMIT
         assert space_from_dict({"train": {"seed": seed}}).trial.train.seed == seed
+
+
+def baseline_spec(**search: object) -> dict:
+    space = {**SPACE["space"], "model.depth": {"choice": [8, 14]}}
+    return {**SPACE, "space": space, "search": {"num_samples": 4, "repeats": 2, **search}}
+
+
+def finish(s: RepeatSearcher, trial_id: str, config: dict, by_rate: bool = True) -> None:
+    # val_acc grows with the drop rate, so each depth's winner is its highest drop rate
+    acc = 0.5 + config.get("stochastic_depth.drop_rate", 0.0) if by_rate else 0.6
+    s.on_trial_complete(trial_id, result(acc, 10.0 + config[REPEAT_KEY]))
+
+
+def test_the_baseline_runs_each_depths_best_configuration_with_drop_rate_0_and_its_seeds() -> None:
+    from ray.tune.search import Searcher
+
+    from sd_tune.comparison import BASELINE_KEY
+
+    s = make_searcher(space_from_dict(baseline_spec(sampler="random")))
+    assert isinstance(s, RepeatSearcher) and s.baseline and s.configurations == 4
+    configs = {f"t{i}": s.suggest(f"t{i}") for i in range(8)}
+    assert s.suggest("t8") is None  # no baseline before every configuration has ended
+    for trial_id, config in list(configs.items())[:-1]:
+        finish(s, trial_id, config)
+    assert s.suggest("t8") is None  # one seed still runs
+    finish(s, "t7", configs["t7"])
+    assert len(study(s).trials) == 4
+    depths = {c["model.depth"] for c in configs.values()}
+    best = {
+        d: max((c for c in configs.values() if c["model.depth"] == d),
+               key=lambda c: c["stochastic_depth.drop_rate"])
+        for d in depths
+    }  # fmt: skip
+    baseline = [s.suggest(f"b{i}") for i in range(2 * len(depths))]
+    assert s.suggest("done") == Searcher.FINISHED
+    for config in baseline:
+        winner = best[config["model.depth"]]
+        assert config[BASELINE_KEY] == winner[CONFIG_KEY]
+        assert config[CONFIG_KEY] == f"{winner[CONFIG_KEY]}-baseline"
+        assert config["stochastic_depth.drop_rate"] == 0.0
+        same = {
+            k: v
+            for k, v in config.items()
+            if k not in ("stochastic_depth.drop_rate", BASELINE_KEY, CONFIG_KEY)
+        }
+        assert same == {
+            k: v for k, v in winner.items() if k not in ("stochastic_depth.drop_rate", CONFIG_KEY)
+        } | {SEED_KEY: same[SEED_KEY], REPEAT_KEY: same[REPEAT_KEY]}
+    per_depth = {d: sorted(c[SEED_KEY] for c in baseline if c["model.depth"] == d) for d in depths}
+    assert all(seeds == sorted(repeat_seed(0, k) for k in (0, 1)) for seeds in per_depth.values())
+    for i, config in enumerate(baseline):
+        finish(s, f"b{i}", config)
+    assert len(study(s).trials) == 4  # the baseline is not told to Optuna
+    assert set(s.told) == {c[CONFIG_KEY] for c in configs.values()}
+
+
+def test_a_restored_searcher_in_the_baseline_phase_hands_out_each_baseline_seed_once(
+    tmp_path: Path,
+) -> None:
+    from ray.tune.search import Searcher
+
+    spec = space_from_dict(baseline_spec(num_samples=2, baseline=True))
+    s = make_searcher(spec)
+    configs = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}
+    for trial_id, config in configs.items():
+        finish(s, trial_id, config)
+    first = s.suggest("b0")
+    s.save_to_dir(str(tmp_path))
+    again = make_searcher(spec)
+    again.restore_from_dir(str(tmp_path))
+    rest = []
+    while (config := again.suggest(f"b{len(rest) + 1}")) != Searcher.FINISHED:
+        rest.append(config)
+    handed = [(c[CONFIG_KEY], c[REPEAT_KEY]) for c in [first, *rest]]
+    assert len(handed) == len(set(handed)) == 2 * len({c["model.depth"] for c in configs.values()})
+
+
+def test_a_fixed_drop_rate_runs_against_its_baseline_with_no_optuna() -> None:
+    from ray.tune.search import Searcher
+
+    spec = space_from_dict(
+        {**SPACE, "space": {"stochastic_depth.drop_rate": 0.5},
+         "search": {"num_samples": 1, "repeats": 3}}
+    )  # fmt: skip
+    s = make_searcher(spec)
+    assert isinstance(s, RepeatSearcher) and s.inner is None
+    seeds = [s.suggest(f"t{i}") for i in range(3)]
+    assert [c[CONFIG_KEY] for c in seeds] == [
+        "c00000"
+    ] * 3 and "stochastic_depth.drop_rate" not in seeds[0]
+    assert s.suggest("t3") is None
+    for i, config in enumerate(seeds):
+        finish(s, f"t{i}", config, by_rate=False)
+    baseline = [s.suggest(f"b{i}") for i in range(3)]
+    assert [c["stochastic_depth.drop_rate"] for c in baseline] == [0.0] * 3
+    assert [c[SEED_KEY] for c in baseline] == [c[SEED_KEY] for c in seeds]
+    assert s.suggest("b3") == Searcher.FINISHED
+
+
+def test_no_finished_configuration_means_no_baseline() -> None:
+    from ray.tune.search import Searcher
+
+    s = make_searcher(space_from_dict(baseline_spec(num_samples=1)))
+    for i in range(2):
+        s.suggest(f"t{i}")
+        s.on_trial_complete(f"t{i}", None, error=True)
+    assert s.suggest("t2") == Searcher.FINISHED

@@ -597,3 +597,54 @@ def test_a_report_that_does_not_fit_leaves_the_previous_one_whole(tmpfs) -> None
     after = {p.relative_to(disk): p.read_bytes() for p in disk.rglob("*") if p.is_file()}
     assert after == before  # whole, and no temporary file or folder left behind
     assert [r["trial_id"] for r in load_records(disk)] == [r["trial_id"] for r in records]
+
+
+def test_the_baseline_comparison_in_every_file_and_tensorboard(tmp_path: Path) -> None:
+    """Seeds of two configurations and the winner's baseline: the baseline stays off the
+    front, and its comparison reaches comparison.json, summary.md, trials.csv and TensorBoard's
+    summary text (read back with TensorBoard's reader)."""
+    from sd_tune.comparison import BASELINE_KEY, compare
+    from sd_tune.verdict import sentence
+
+    def seed(trial_id: str, config_id: str, rate: float, acc: float, secs: float) -> dict:
+        settings = {
+            "stochastic_depth.drop_rate": rate,
+            "stochastic_depth.drop_distribution": "linear",
+            "model.depth": 20,
+        }
+        final = {"val_acc": acc, "train_time_s": secs, "test_acc": acc - 0.01}
+        return rec(trial_id, "completed", final, params=settings) | {"config_id": config_id}
+
+    records = [
+        *(seed(f"a{i}", "c00000", 0.2, a, 50 + i) for i, a in enumerate((0.91, 0.92, 0.915))),
+        *(seed(f"b{i}", "c00001", 0.4, a, 40 + i) for i, a in enumerate((0.80, 0.81, 0.805))),
+        *(
+            seed(f"z{i}", "c00000-baseline", 0.0, a, 60 + i) | {BASELINE_KEY: "c00000"}
+            for i, a in enumerate((0.99, 0.98, 0.985))  # better and slower: off the front
+        ),
+    ]
+    paths = write_results(tmp_path, "with-baseline", records, ACC_TIME)
+    front = strict_json(paths["pareto_json"])["trials"]
+    assert {p["config_id"] for p in front} == {"c00000", "c00001"}
+    data = strict_json(paths["comparison_json"])
+    (c,) = data["comparisons"]
+    assert c["config_id"] == "c00000" and c["depth"] == 20 and c["drop_rate"] == 0.2
+    assert c["n"] == {"stochastic_depth": 3, "baseline": 3}
+    assert sorted(c["baseline_seeds"]) == ["z0", "z1", "z2"]
+    test = c["differences"]["test_acc"]
+    assert test["delta"] == pytest.approx(0.915 - 0.985)
+    assert test["ci_low"] < test["delta"] < test["ci_high"] < 0 and test["p"] < 0.05
+    assert test["p_holm"] == pytest.approx(test["p"])  # one depth
+    assert set(c["differences"]) == {"test_acc", "val_acc", "train_time_s"}
+    (said,) = data["sentences"]
+    assert said.startswith("depth 20, drop rate 0.2 linear: stochastic depth did worse: ")
+    summary = paths["summary_md"].read_text()
+    assert "## Against no stochastic depth" in summary and f"- {said}." in summary
+    assert "| 20 | `c00000` | 3 / 3 | \u22127.00 ± " in summary
+    header, *rows = paths["trials_csv"].read_text().strip().splitlines()
+    assert header.startswith(f"trial_id,config_id,{BASELINE_KEY},status,")
+    assert [row.split(",")[2] for row in rows] == [""] * 6 + ["c00000"] * 3
+    root = accumulator(paths["tensorboard"])
+    text = root.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert said in text
+    assert said == sentence(compare(records)[0])

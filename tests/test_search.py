@@ -295,14 +295,20 @@ def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> N
     assert {p["trial_id"] for p in front} <= {r["trial_id"] for r in completed}
 
 
-def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_means(
+def test_repeats_and_the_baseline_train_each_configuration_with_its_seeds(
     tmp_path: Path,
 ) -> None:
-    """search.repeats 2: 2 configurations x 2 seeds. Each seed is a row with its configuration
-    id, its repeat and its seed derived from train.seed; the Optuna study in the searcher
-    state Tune saved holds one trial per configuration, told the means of its seeds."""
+    """search.repeats 2: 2 configurations x 2 seeds, then the better one again with drop rate
+    0 and the same seeds (the baseline, on by default). Each seed is a row with its
+    configuration id, its repeat and its seed derived from train.seed; the Optuna study in the
+    searcher state Tune saved holds one trial per configuration, told the means of its seeds,
+    and none for the baseline; the comparison and its sentence reach the terminal,
+    comparison.json, summary.md and TensorBoard."""
     from statistics import fmean
 
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from sd_tune.comparison import BASELINE_KEY
     from sd_tune.configurations import TOLD_FILE
     from sd_tune.repeats import repeat_seed
     from sd_tune.search import load_spec, make_searcher
@@ -312,32 +318,49 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
         "--set", "search.num_samples=2", "--set", "search.repeats=2", "--set", "train.seed=5",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "experiment smoke: 4 trials (2 configurations x 2 seeds), 1 at a time" in result.stdout
-    assert "trials: 4 done, 0 running, 0 failed of 4" in result.stdout
+    assert (
+        "experiment smoke: 6 trials (2 configurations x 2 seeds, then the best again without "
+        "stochastic depth: 2 baseline seeds), 1 at a time"
+    ) in result.stdout
+    assert "trials: 6 done, 0 running, 0 failed of 6" in result.stdout
     exp = tmp_path / "smoke"
     groups: dict[str, list[dict]] = {}
     for r in trials_json(exp).values():
         assert r["status"] == "completed", r
         groups.setdefault(r["config_id"], []).append(r)
-    assert sorted(groups) == ["c00000", "c00001"]
+    searched = {c: rows for c, rows in groups.items() if not c.endswith("-baseline")}
+    assert sorted(searched) == ["c00000", "c00001"]
     for rows in groups.values():
         assert sorted(r["repeat"] for r in rows) == [0, 1]
         for r in rows:
             assert r["seed"] == r["params"]["train.seed"] == repeat_seed(5, r["repeat"])
         settings = [{k: v for k, v in r["params"].items() if k != "train.seed"} for r in rows]
         assert settings[0] == settings[1] and settings[0]
+    # The baseline: the configuration with the higher mean val_acc, drop rate 0, same seeds.
+    winner = max(searched, key=lambda c: fmean(r["final"]["val_acc"] for r in searched[c]))
+    base = groups[f"{winner}-baseline"]
+    assert {r[BASELINE_KEY] for r in base} == {winner}
+    assert {r["params"]["stochastic_depth.drop_rate"] for r in base} == {0.0}
+    assert sorted(r["seed"] for r in base) == sorted(r["seed"] for r in searched[winner])
+    unchanged = {
+        k: v for k, v in searched[winner][0]["params"].items()
+        if k not in ("stochastic_depth.drop_rate", "train.seed")
+    }  # fmt: skip
+    assert all(unchanged.items() <= r["params"].items() for r in base)
+    assert all(r["config"]["stochastic_depth.drop_rate"] == 0.0 for r in base)
     header, *rows = (exp / "trials.csv").read_text().strip().splitlines()
-    assert header.startswith("trial_id,config_id,repeat,status,") and len(rows) == 4
+    assert header.startswith(f"trial_id,config_id,repeat,{BASELINE_KEY},status,")
+    assert len(rows) == 6 and sum(f",{winner},completed," in row for row in rows) == 2
     assert "param.train.seed" in header.split(",")
     spec, _ = load_spec(str(exp))
     searcher = make_searcher(spec)
     searcher.restore_from_dir(str(exp))
     told = searcher.inner._ot_study.trials
-    assert len(told) == 2
+    assert len(told) == 2  # the baseline is not told to Optuna
     for trial in told:
         (rows,) = [
             g
-            for g in groups.values()
+            for g in searched.values()
             if g[0]["params"]["stochastic_depth.drop_rate"]
             == trial.params["stochastic_depth.drop_rate"]
         ]
@@ -345,7 +368,7 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
         assert trial.values == pytest.approx(means)
     # The report: the front on the configurations' means, with their spread and n.
     pareto = json.loads((exp / "pareto.json").read_text())["trials"]
-    assert pareto and {p["config_id"] for p in pareto} <= set(groups)
+    assert pareto and {p["config_id"] for p in pareto} <= set(searched)
     for p in pareto:
         rows = groups[p["config_id"]]
         assert p["n"] == 2 and sorted(p["seeds"]) == sorted(r["trial_id"] for r in rows)
@@ -354,14 +377,39 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
         assert s["n"] == 2 and s["ci_low"] <= s["mean"] <= s["ci_high"]
     assert re.search(r"^rank\s+configuration\s.*\sn$", result.stdout, re.M), result.stdout
     assert " ± " in result.stdout.split("Pareto front", 1)[1]
-    best = max(fmean(r["final"]["val_acc"] for r in rows) for rows in groups.values())
-    status = [line for line in result.stdout.splitlines() if "trials: 4 done" in line][-1]
+    best = max(fmean(r["final"]["val_acc"] for r in rows) for rows in searched.values())
+    status = [line for line in result.stdout.splitlines() if "trials: 6 done" in line][-1]
     assert f"val_acc {best:.4g} (max)" in status, status  # the best configuration's mean
+    assert f"baseline: configuration {winner} again without stochastic depth" in result.stdout
+    # The comparison: its numbers, and its sentence in the last lines, summary.md, TensorBoard.
+    comparison = json.loads((exp / "comparison.json").read_text())
+    (c,) = comparison["comparisons"]
+    assert c["config_id"] == winner and c["depth"] == 8
+    assert c["n"] == {"stochastic_depth": 2, "baseline": 2}
+    assert sorted(c["baseline_seeds"]) == sorted(r["trial_id"] for r in base)
+    test = c["differences"]["test_acc"]
+    delta = fmean(r["final"]["test_acc"] for r in searched[winner]) - fmean(
+        r["final"]["test_acc"] for r in base
+    )
+    assert test["delta"] == pytest.approx(delta)
+    assert test["ci_low"] <= test["delta"] <= test["ci_high"] and 0 <= test["p"] <= 1
+    (said,) = comparison["sentences"]
+    print(said)
+    assert said.startswith("depth 8, drop rate ")
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == f"against no stochastic depth: {said}", result.stdout
+    assert f"- {said}." in (exp / "summary.md").read_text()
+    acc = event_accumulator.EventAccumulator(
+        str(exp / "tensorboard"), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    text = acc.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert said in text
     # What Optuna was told agrees with the report; once it does not (as after a state roll-back
     # or a seed run again), the report says so.
     assert "Optuna was told" not in result.stdout
     told = json.loads((exp / TOLD_FILE).read_text())
-    assert sorted(told) == sorted(groups)
+    assert sorted(told) == sorted(searched)
     told["c00000"]["seeds"] = told["c00000"]["seeds"][:1]
     told["c00000"]["means"]["val_acc"] = 0.5
     (exp / TOLD_FILE).write_text(json.dumps(told))
@@ -372,12 +420,41 @@ def test_repeats_train_each_configuration_with_its_seeds_and_optuna_gets_the_mea
     ), report.stdout
 
 
-def test_sigkill_in_the_middle_of_a_configuration_then_resume_loses_no_seed(
+def kill_when(proc: subprocess.Popen[str], done: Callable[[], bool], what: str) -> None:
+    """Wait until ``done()``, then SIGKILL ``proc``'s whole session (Ray's workers too) and
+    reap it: a zombie still "holds" the experiment's lock."""
+    deadline = time.time() + 300
+    try:
+        while not done():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.time() < deadline, f"{what} in 300 s"
+            time.sleep(1)
+        kill_session(proc.pid)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+
+
+def finished_epochs(exp: Path) -> dict[str, list[tuple[float, ...]]]:
+    """Each trial that finished its 2 epochs: its epoch reports."""
+    return {
+        p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json") if len(_epochs(p)) >= 2
+    }
+
+
+def is_baseline_trial(exp: Path, trial_dir: str) -> bool:
+    params = exp / trial_dir / "params.json"
+    return params.is_file() and "baseline_of" in json.loads(params.read_text())
+
+
+def test_sigkill_in_a_configuration_and_in_the_baseline_then_resume_loses_no_seed(
     tmp_path: Path,
 ) -> None:
-    """search.repeats 2, killed (the whole session, Ray's workers too) once the first seed of
-    the first configuration has finished: resume keeps that seed as it was (not trained
-    again), completes the configuration and runs the next; Optuna holds both means."""
+    """search.repeats 2 with the baseline, killed (the whole session, Ray's workers too) once
+    the first seed of the first configuration has finished, resumed, and killed again once a
+    baseline seed has finished: the last resume keeps every finished seed as it was (none
+    trained again), ends the baseline phase, and Optuna holds both means and no baseline."""
     from statistics import fmean
 
     from sd_tune.search import load_spec, make_searcher
@@ -387,32 +464,32 @@ def test_sigkill_in_the_middle_of_a_configuration_then_resume_loses_no_seed(
         "--set", "search.num_samples=2", "--set", "search.repeats=2",
     )  # fmt: skip
     exp = tmp_path / "smoke"
-    deadline = time.time() + 300
-    try:
-        while finished_trials(exp, epochs=2) < 1:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.time() < deadline, "no seed finished in 300 s"
-            time.sleep(1)
-        kill_session(proc.pid)
-        proc.communicate(timeout=60)  # reaped: a zombie still "holds" the experiment's lock
-    finally:
-        if proc.poll() is None:
-            kill_session(proc.pid)
-    before = {
-        p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json") if len(_epochs(p)) >= 2
-    }
+    kill_when(proc, lambda: finished_trials(exp, epochs=2) >= 1, "no seed finished")
+    before = finished_epochs(exp)
     assert len(before) == 1, before
+    proc = start("resume", str(exp))
+    kill_when(
+        proc,
+        lambda: any(is_baseline_trial(exp, t) for t in finished_epochs(exp)),
+        "no baseline seed finished",
+    )
+    in_baseline = finished_epochs(exp)
+    assert len(in_baseline) == 5, in_baseline  # 4 seeds of 2 configurations, 1 baseline seed
+    assert in_baseline[next(iter(before))] == before[next(iter(before))]
     result = cli("resume", str(exp))
     assert result.returncode == 0, result.stdout + result.stderr
     records = trials_json(exp)
-    assert len(records) == 4 and {r["status"] for r in records.values()} == {"completed"}
-    for trial_dir, epochs in before.items():
+    assert len(records) == 6 and {r["status"] for r in records.values()} == {"completed"}
+    for trial_dir, epochs in in_baseline.items():
         assert _epochs(exp / trial_dir / "result.json") == epochs, trial_dir  # not again
     groups: dict[str, list[dict]] = {}
     for r in records.values():
         groups.setdefault(r["config_id"], []).append(r)
-    assert sorted(groups) == ["c00000", "c00001"]
+    (base,) = [c for c in groups if c.endswith("-baseline")]
+    assert sorted(groups) == sorted(["c00000", "c00001", base])
     assert all(sorted(r["repeat"] for r in rows) == [0, 1] for rows in groups.values())
+    winner = base.removesuffix("-baseline")
+    assert sorted(r["seed"] for r in groups[base]) == sorted(r["seed"] for r in groups[winner])
     spec, _ = load_spec(str(exp))
     searcher = make_searcher(spec)
     searcher.restore_from_dir(str(exp))
@@ -420,10 +497,12 @@ def test_sigkill_in_the_middle_of_a_configuration_then_resume_loses_no_seed(
         t.params["stochastic_depth.drop_rate"]: t.values for t in searcher.inner._ot_study.trials
     }
     assert len(told) == 2
-    for rows in groups.values():
+    for config_id in ("c00000", "c00001"):
+        rows = groups[config_id]
         means = [fmean(r["final"][m] for r in rows) for m in ("val_acc", "train_time_s")]
         assert told[rows[0]["params"]["stochastic_depth.drop_rate"]] == pytest.approx(means)
-    assert "smoke: 4 trials (4 completed)" in result.stdout
+    assert "smoke: 6 trials (6 completed)" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("against no stochastic depth: ")
 
 
 def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
