@@ -432,12 +432,16 @@ def _hparam_values(records: Sequence[Record]) -> tuple[dict[str, str], list[dict
 
     A key whose values mix types becomes a string hparam; lists and dicts become JSON text;
     missing or non-finite values are left out of that trial. ``status`` is added as a string
-    hparam so that the dashboard can filter stopped-early and failed trials.
+    hparam so that the dashboard can filter stopped-early and failed trials, and
+    ``baseline_of`` when the search ran a baseline (the configuration a baseline seed ablates;
+    empty for the searched configurations' seeds).
     """
+    baseline = any(isinstance(r.get("baseline_of"), str) for r in records)
     raw = [
         {
-            **{k: v for k, v in record_params(r).items() if k != "status"},
+            **{k: v for k, v in record_params(r).items() if k not in ("status", "baseline_of")},
             "status": str(r.get("status", "unknown")),
+            **({"baseline_of": str(r.get("baseline_of") or "")} if baseline else {}),
         }
         for r in records
     ]

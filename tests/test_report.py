@@ -648,3 +648,10 @@ def test_the_baseline_comparison_in_every_file_and_tensorboard(tmp_path: Path) -
     text = root.Tensors("summary/text_summary")[0].tensor_proto.string_val[0].decode()
     assert said in text
     assert said == sentence(compare(records)[0])
+    _, groups = session_groups(paths["tensorboard"])
+    marks = {
+        session["name"].rsplit("/", 1)[-1]: group["hparams"]["baseline_of"]
+        for group in groups["sessionGroups"]
+        for session in group["sessions"]
+    }
+    assert marks == {r["trial_id"]: r.get(BASELINE_KEY, "") for r in records}, marks
