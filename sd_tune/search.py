@@ -558,8 +558,10 @@ class SpecError(ValueError):
 
 def save_spec(spec: SpaceFile, exp_dir: str, raw: dict[str, Any]) -> None:
     """Save the resolved space file (and a second copy under ``sd_tune/``) for resume and
-    report."""
-    text = json.dumps({"raw": raw, "source": spec.source}, indent=2)
+    report. ``baseline`` is saved as decided: an experiment saved before baselines existed
+    has none, and resumes and reports without one."""
+    saved = {"raw": raw, "source": spec.source, "baseline": bool(spec.search.baseline)}
+    text = json.dumps(saved, indent=2)
     store.write_text(store.join(exp_dir, SPEC_FILE), text)
     store.write_text(store.join(exp_dir, SPEC_COPY), text)
 
@@ -586,6 +588,7 @@ def load_spec(exp_dir: str, notes: list[str] | None = None) -> tuple[SpaceFile, 
             why = "not valid JSON" if isinstance(err, ValueError) else excerpt(str(err))
             problems.append(f"{name}: {why if not isinstance(err, KeyError) else 'incomplete'}")
             continue
+        spec.search.baseline = saved.get("baseline") is True
         if problems and notes is not None:
             notes.append(
                 f"{SPEC_FILE} cannot be read ({problems[0].split(': ', 1)[1]}); used "

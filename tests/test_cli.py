@@ -494,3 +494,42 @@ def test_a_baseline_that_cannot_compare_ends_in_one_message_and_exit_2(
         result = call(capsys, command, "--space", SMOKE, *args)
         assert result.returncode == 2 and why in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and not result.stdout
+
+
+def test_an_experiment_saved_before_baselines_reports_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seeds per configuration landed before the baseline: such an experiment's saved space
+    has no `baseline`, so it is finished without one; a new one saves `baseline: true` and
+    is unfinished until its baseline seeds have run."""
+    from sd_tune import search
+    from sd_tune.config import load_yaml, space_from_dict
+
+    for folder, old in ((tmp_path / "old", True), (tmp_path / "new", False)):
+        raw = load_yaml(SMOKE)
+        raw["search"].update(num_samples=2, repeats=2)
+        spec = space_from_dict(raw, SMOKE)
+        assert spec.search.baseline is True
+        search.save_spec(spec, str(folder), raw)
+        if old:
+            saved = json.loads((folder / search.SPEC_FILE).read_text())
+            del saved["baseline"]
+            for name in (search.SPEC_FILE, search.SPEC_COPY):
+                (folder / name).write_text(json.dumps(saved))
+        for i in range(4):
+            config = {
+                "stochastic_depth.drop_rate": 0.1 * (i // 2),
+                "config_id": f"c{i // 2:05d}",
+                "repeat": i % 2,
+            }
+            history = [{"epoch": e, "val_acc": 0.5, "train_time_s": 1.0} for e in (1, 2)]
+            record = search._record(
+                f"t{i}", config, search.base_config(spec), history, "TERMINATED", None
+            )
+            (folder / search.RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+            (folder / search.RECORDS_DIR / f"t{i}.json").write_text(json.dumps(record))
+        assert search.load_spec(str(folder))[0].search.baseline is not old
+        result = call(capsys, "report", str(folder))
+        assert result.returncode == 0, result.stderr
+        unfinished = "the search is unfinished (4 of 6 trials started, 0 unfinished)"
+        assert (unfinished in result.stdout) is not old, result.stdout
