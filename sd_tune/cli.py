@@ -28,11 +28,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sd_tune import storage as store
+from sd_tune.errors import SdTuneError, UsageError
 from sd_tune.vocab import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
-
-
-class UsageError(Exception):
-    """An error the user can fix; the CLI prints it as one line and exits 2."""
 
 
 def _rates(args: argparse.Namespace) -> int:
@@ -91,19 +88,16 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 def _load(args: argparse.Namespace):
     """The validated space file with --set (and --name) applied, and its raw mapping."""
-    from sd_tune.config import ConfigError, apply_overrides, load_yaml, space_from_dict
+    from sd_tune.config import apply_overrides, load_yaml, space_from_dict
 
     name = getattr(args, "name", None)
     if name is not None:
         _check_name(name)
-    try:
-        raw = load_yaml(args.space)
-        raw = apply_overrides(raw, parse_sets(args.set))
-        if name and args.command != "train":
-            raw["name"] = name
-        return space_from_dict(raw, str(args.space)), raw
-    except ConfigError as err:
-        raise UsageError(str(err)) from err
+    raw = load_yaml(args.space)  # ConfigError: an SdTuneError, main() prints it
+    raw = apply_overrides(raw, parse_sets(args.set))
+    if name and args.command != "train":
+        raw["name"] = name
+    return space_from_dict(raw, str(args.space)), raw
 
 
 def _check_name(name: str) -> None:
@@ -408,11 +402,8 @@ def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
     from sd_tune.comparison import baseline_seeds_due, compare
 
     notes: list[str] = []
-    try:
-        spec, _ = search.load_spec(exp_dir, notes)
-        records, unreadable = search.collect_records(exp_dir, spec, notes)
-    except search.SpecError as err:
-        raise UsageError(str(err)) from err
+    spec, _ = search.load_spec(exp_dir, notes)
+    records, unreadable = search.collect_records(exp_dir, spec, notes)
     _write_report(exp_dir, spec, records)
     entries = configurations.configurations(records, spec.objectives)
     front = report.pareto_front(entries, spec.objectives)
@@ -479,7 +470,7 @@ def _search_failed(command: str, exp_dir: str, err: Exception) -> int:
         f"continue with `sd-tune resume {shlex.quote(exp_dir)}`",
         file=sys.stderr,
     )
-    with contextlib.suppress(UsageError, store.StorageFailed, OSError):
+    with contextlib.suppress(SdTuneError, OSError):
         _report_experiment(exp_dir)
     return 1
 
@@ -546,16 +537,10 @@ def _resume(args: argparse.Namespace) -> int:
 
     exp_dir = _experiment_dir(args.dir)
     notes: list[str] = []
-    try:
-        spec, _ = search.load_spec(exp_dir, notes)
-    except search.SpecError as err:
-        raise UsageError(str(err)) from err
+    spec, _ = search.load_spec(exp_dir, notes)
     _check_storage(exp_dir, "the experiment folder")
     with _locked(exp_dir, "sd-tune resume"):
-        try:
-            note = search.check_state(exp_dir)
-        except search.StateError as err:
-            raise UsageError(str(err)) from err
+        note = search.check_state(exp_dir)
         notes += [
             *([note] if note else []),
             *search.repair_records(exp_dir, spec),
@@ -846,9 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_note
     try:
         return args.func(args)
-    except (UsageError, store.StorageFailed) as err:
+    except SdTuneError as err:  # every error sd-tune raises on purpose: one line, its code
         print(f"sd-tune {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         by = _INTERRUPTED[0] if _INTERRUPTED else "Ctrl-C"
         print(

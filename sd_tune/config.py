@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sd_tune.errors import SdTuneError
 from sd_tune.vocab import (
     DATASETS,
     DISTRIBUTIONS,
@@ -106,7 +107,7 @@ def name_problem(name: Any) -> str | None:
     )
 
 
-class ConfigError(ValueError):
+class ConfigError(SdTuneError, ValueError):
     """One or more problems in a configuration; ``problems`` lists ``(key path, message)``."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:

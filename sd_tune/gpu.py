@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from sd_tune.errors import SdTuneError
+
 #: The oldest Linux driver for each CUDA major version (NVIDIA's CUDA compatibility table):
 #: a driver of that branch or newer runs every minor release of that major version.
 MIN_LINUX_DRIVER: dict[int, str] = {13: "580", 12: "525.60.13", 11: "450.80.02"}
 
 
-class CudaDriverError(RuntimeError):
+class CudaDriverError(SdTuneError, RuntimeError):
     """The node's NVIDIA driver cannot run this torch build; the message says what to do."""
 
 

@@ -35,6 +35,7 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from sd_tune.cluster import gpus_per_worker, worker_resources
 from sd_tune.config import TrialConfig, make_trial
+from sd_tune.errors import SdTuneError
 from sd_tune.storage import is_uri
 from sd_tune.storage import root as storage_root  # Ray wants an absolute local path or a URI
 
@@ -139,7 +140,7 @@ class MetricsLog(UserCallback):
     """Runs in the Train controller (on the driver's node): appends every rank-0 report to
     ``metrics.jsonl`` and writes its metrics as TensorBoard scalars, both in ``run_dir``. The
     TensorBoard writer of ``sd-tune train``; a search's are Tune's logger (``ScalarsOnlyTBX``,
-    live curves per trial) and its report (``sd_tune.tensorboard``)."""
+    live curves per trial) and its report (``sd_tune.report.tensorboard``)."""
 
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
@@ -243,8 +244,10 @@ def make_trainer(
     )
 
 
-class NoRoomForWorkers(RuntimeError):
+class NoRoomForWorkers(SdTuneError, RuntimeError):
     """A Train run whose workers could not be placed on the cluster in the time allowed."""
+
+    exit_code = 1
 
 
 def fit(trainer: TorchTrainer, trial: TrialConfig, placement_wait_s: float) -> Any:

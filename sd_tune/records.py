@@ -12,9 +12,8 @@ A record is JSON-serialisable::
      "error": None or "FloatingPointError: ...", "logdir": "..."}                # optional
 
 Metrics that are missing, not numbers, or not finite (NaN, inf) count as missing everywhere
-(:func:`number`). ``sd_tune.report`` (the analysis and the files) and ``sd_tune.tensorboard``
-(the TensorBoard entries and the figures) both read records through this module. Nothing
-here imports Ray or torch.
+(:func:`number`). ``sd_tune.report`` (the analysis, the files, the figures and the
+TensorBoard entries) reads records through this module. Nothing here imports Ray or torch.
 """
 
 from __future__ import annotations

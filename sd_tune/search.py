@@ -52,6 +52,7 @@ from sd_tune.config import (
     space_from_dict,
     trial_count,
 )
+from sd_tune.errors import SdTuneError
 from sd_tune.repeats import CONFIG_KEY, REPEAT_KEY, RepeatSearcher
 from sd_tune.train_runs import RUNS_DIR
 
@@ -552,7 +553,7 @@ def _read_local(path: Path, limit: int = MAX_TRIAL_FILE_BYTES) -> bytes:
 # --------------------------------------------------------------------------- the space file
 
 
-class SpecError(ValueError):
+class SpecError(SdTuneError, ValueError):
     """An experiment's saved space file cannot be read; the message says why and what to do."""
 
 
@@ -823,7 +824,7 @@ def _state_problem(kind: str, data: bytes) -> str | None:
     return None
 
 
-class StateError(Exception):
+class StateError(SdTuneError):
     """Tune's state cannot be restored; the message says what is kept and what to do."""
 
 
@@ -1028,8 +1029,10 @@ def tune_run_config(spec: SpaceFile, storage: str, callbacks: list[Any]) -> tune
     )
 
 
-class SearchFailed(Exception):
+class SearchFailed(SdTuneError):
     """Tune stopped with an error that is not a full disk; the message is its root cause."""
+
+    exit_code = 1
 
 
 def _fit(tuner: tune.Tuner, exp_dir: str) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 
 import pyarrow.fs
 
+from sd_tune.errors import SdTuneError
+
 LOCK_FILE = ".sd_tune.lock"  # in an experiment's or a run's folder, while sd-tune works there
 
 
@@ -100,7 +102,7 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-class TooLarge(ValueError):
+class TooLarge(SdTuneError, ValueError):
     """A file is larger than what its reader accepts."""
 
 
@@ -388,7 +390,7 @@ def free_space(location: str) -> str:
     return f"{_size(usage.free)} free of {_size(usage.total)}"
 
 
-class StorageFailed(Exception):
+class StorageFailed(SdTuneError):
     """A write to the storage failed as every later one would: the storage is full, or it
     cannot be reached. The message names it and says what to do."""
 
@@ -428,7 +430,7 @@ def probe_writable(location: str, what: str = "--storage") -> str | None:
 # --------------------------------------------------------------------------- locks
 
 
-class LockHeld(Exception):
+class LockHeld(SdTuneError):
     """Another sd-tune process works in the folder; the message names it."""
 
 

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from sd_tune.config import Objective
 from sd_tune.report import write_results
-from sd_tune.tensorboard import drop_rate_figure, pareto_figure
+from sd_tune.report.figures import drop_rate_figure, pareto_figure
 
 ACC_TIME = [Objective("val_acc", "max"), Objective("train_time_s", "min")]
 
