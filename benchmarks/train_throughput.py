@@ -94,7 +94,8 @@ def run_bare(
     setup), stepping on one batch that is already on the device: the loop's ceiling."""
     import torch.nn.functional as F
 
-    from sd_tune.train import _sync, default_device, setup_trial
+    from sd_tune.train import default_device, setup_trial
+    from sd_tune.train.runtime import _sync
 
     trial = setup_trial(
         cfg, device=torch.device(device) if device else default_device(), splits=splits
