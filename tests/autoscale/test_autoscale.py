@@ -36,7 +36,7 @@ from sd_tune.autoscale import (
 )
 from sd_tune.config import TrialConfig, make_trial
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 needs_fashion_mnist = pytest.mark.skipif(
