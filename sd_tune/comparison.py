@@ -12,12 +12,12 @@ biased in its favour. Nothing here imports Ray or torch."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scipy import stats
 
-from sd_tune.records import number, record_final
+from sd_tune.records import number, record_final, record_setting
 from sd_tune.stats import Spread, spread
 
 BASELINE_KEY = "baseline_of"  # a baseline seed's record: the configuration it ablates
@@ -144,14 +144,6 @@ class Comparison:
         }
 
 
-def _setting(rec: Mapping[str, Any], key: str) -> Any:
-    for source in ("params", "config"):
-        values = rec.get(source)
-        if isinstance(values, Mapping) and key in values:
-            return values[key]
-    return None
-
-
 def compare(records: Iterable[Mapping[str, Any]], confidence: float = 0.95) -> list[Comparison]:
     """A comparison per baseline in ``records`` (the seeds' records: a baseline seed has
     :data:`BASELINE_KEY`), by depth; test_acc's p Holm-adjusted across them."""
@@ -172,10 +164,10 @@ def compare(records: Iterable[Mapping[str, Any]], confidence: float = 0.95) -> l
         base_done = [r for r in base_recs if r.get("status") == "completed"]
         first = sd_recs[0] if sd_recs else base_recs[0]
         depth, rate = (
-            _setting(first, "model.depth"),
-            number(_setting(first, "stochastic_depth.drop_rate")),
+            record_setting(first, "model.depth"),
+            number(record_setting(first, "stochastic_depth.drop_rate")),
         )
-        dist = _setting(first, "stochastic_depth.drop_distribution")
+        dist = record_setting(first, "stochastic_depth.drop_distribution")
         c = Comparison(
             config_id,
             int(depth) if number(depth) is not None else None,
@@ -193,10 +185,7 @@ def compare(records: Iterable[Mapping[str, Any]], confidence: float = 0.95) -> l
     out.sort(key=lambda c: (c.depth is None, c.depth or 0, c.config_id))
     tested = [c for c in out if (d := c.differences.get("test_acc")) and d.p is not None]
     for c, p in zip(tested, holm([c.differences["test_acc"].p for c in tested]), strict=True):
-        d = c.differences["test_acc"]
-        c.differences["test_acc"] = Difference(
-            d.metric, d.sd, d.base, d.delta, d.low, d.high, d.p, p, d.confidence
-        )
+        c.differences["test_acc"] = replace(c.differences["test_acc"], p_holm=p)
         c.holm_family = len(tested)
     return out
 
@@ -209,7 +198,7 @@ def baseline_seeds_due(records: Iterable[Mapping[str, Any]], repeats: int) -> in
     """How many baseline seeds a finished search has run: ``repeats`` for each depth where a
     configuration finished a seed (each such depth has a best configuration)."""
     depths = {
-        _setting(r, "model.depth")
+        record_setting(r, "model.depth")
         for r in records
         if r.get("status") == "completed" and not is_baseline(r)
     }

@@ -36,6 +36,7 @@ from sd_tune.comparison import BASELINE_KEY
 from sd_tune.config import SEED_LIMIT
 from sd_tune.configurations import TOLD_FILE
 from sd_tune.data.samplers import seed_from
+from sd_tune.records import number
 
 CONFIG_KEY = "config_id"  # no dot: not a trial setting
 REPEAT_KEY = "repeat"
@@ -158,9 +159,7 @@ class RepeatSearcher(Searcher):
         for config_id in self._searched():
             group = self.groups[config_id]
             values = [
-                float(r[CHOSEN_ON])
-                for r in group.ended.values()
-                if r and isinstance(r.get(CHOSEN_ON), (int, float))
+                v for r in group.ended.values() if r and (v := number(r.get(CHOSEN_ON))) is not None
             ]
             if not values:
                 continue

@@ -42,7 +42,7 @@ def _time(c: Comparison) -> str:
     if d is None or d.relative is None:
         return ""
     if d.low is None or d.high is None:
-        return f", {abs(d.relative):.0%} {'less' if d.delta < 0 else 'more'} training time"
+        return ""  # no interval: no claim about time
     if d.high < 0 or d.low > 0:
         return f", {abs(d.relative):.0%} {'less' if d.delta < 0 else 'more'} training time"
     spread = (d.half_width or 0.0) / d.base.mean
