@@ -10,18 +10,19 @@ import re
 from collections.abc import Callable
 
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from sd_tune.vocab import MODEL_FAMILIES, arch_name
 
 # Every torchvision family and depth of the vocabulary, under the name torchvision gives it.
-TORCHVISION_ARCHS: dict[str, Callable[..., nn.Module]] = {
-    arch_name(family, depth): getattr(torchvision.models, arch_name(family, depth))
+# torchvision is imported only to build one: importing it costs a process 1.5-2.5 s (it
+# pulls in torch._dynamo), paid by each Ray Train worker of every trial.
+TORCHVISION_ARCHS: tuple[str, ...] = tuple(
+    arch_name(family, depth)
     for family, depths in MODEL_FAMILIES.items()
     if depths is not None
     for depth in depths
-}
+)
 CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)  # the usual ones; any 6n+2 works
 _CIFAR = re.compile(r"cifar_resnet(\d+)")
 
@@ -129,7 +130,10 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
             f"`arch` must be one of {', '.join(map(repr, TORCHVISION_ARCHS))} or "
             f"'cifar_resnet<6n+2>' (e.g. 'cifar_resnet56'), but got {arch!r}"
         )
-    model = TORCHVISION_ARCHS[arch](num_classes=num_classes)
+    import torchvision
+
+    builder: Callable[..., nn.Module] = getattr(torchvision.models, arch)
+    model = builder(num_classes=num_classes)
     if in_channels != 3:
         old = model.conv1
         model.conv1 = nn.Conv2d(

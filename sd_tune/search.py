@@ -32,7 +32,6 @@ from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -45,16 +44,14 @@ from sd_tune.config import (
     FINAL_METRICS,
     ConfigError,
     SpaceFile,
-    TrialConfig,
     apply_overrides,
     excerpt,
-    make_trial,
     space_from_dict,
     trial_count,
 )
 from sd_tune.errors import SdTuneError
 from sd_tune.repeats import CONFIG_KEY, REPEAT_KEY, RepeatSearcher
-from sd_tune.train_runs import RUNS_DIR
+from sd_tune.tune_trial import RUNS_DIR, run_trial_in_tune
 
 SPEC_FILE = "sd_tune_space.json"  # the resolved space file, saved at launch for resume/report
 OWN_DIR = "sd_tune"  # sd-tune's own record in an experiment folder
@@ -238,41 +235,6 @@ def concurrency(spec: SpaceFile, nodes: Sequence[dict[str, float]]) -> int:
     if spec.search.max_concurrent_trials is not None:
         fits = min(fits, spec.search.max_concurrent_trials)
     return min(fits, spec.total_trials)
-
-
-def build_trial(base: dict[str, Any], params: dict[str, Any]) -> TrialConfig:
-    """The trial config for one set of searched values (ConfigError if invalid)."""
-    return make_trial(apply_overrides(base, params), "searched trial configuration")
-
-
-def run_trial_in_tune(
-    config: dict[str, Any],
-    base: dict[str, Any] | None = None,
-    storage: str = "",
-    experiment: str = "",
-    max_failures: int = 1,
-    placement_wait_s: float = ray_train.PLACEMENT_WAIT_S,
-) -> None:
-    """The Tune function trainable: one Ray Train run per Tune trial."""
-    assert base is not None
-    params = {k: v for k, v in config.items() if "." in k}
-    trial = build_trial(base, params)
-    trial_id = tune.get_context().get_trial_id()
-    runs = store.join(storage, experiment, RUNS_DIR)
-    name = f"train_{trial_id}"
-    # A Train run of this trial exists already: Tune is restoring the trial (after Ctrl-C or a
-    # killed driver) and has started its results anew, so the run reports its past epochs again.
-    restored = store.exists(store.join(runs, name))
-    trainer = ray_train.make_trainer(
-        trial,
-        storage_path=runs,
-        name=name,
-        max_failures=max_failures,
-        callbacks=[TuneReportCallback()],
-        replay_history=restored,
-        placement_wait_s=placement_wait_s,
-    )
-    ray_train.fit(trainer, trial, placement_wait_s)
 
 
 def base_config(spec: SpaceFile) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from ray.train.v2._internal.execution.checkpoint import checkpoint_manager as ra
 from sd_tune import storage as store
 from sd_tune.config import excerpt
 from sd_tune.train import load_checkpoint
+from sd_tune.tune_trial import RUNS_DIR
 
-RUNS_DIR = "train_runs"
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 MAX_SNAPSHOT_BYTES = 64 * 2**20  # far above a real one (~2 KB a checkpoint kept)
 
