@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from sd_tune.vocab import MODEL_FAMILIES, arch_name
 
 # Every torchvision family and depth of the vocabulary, under the name torchvision gives it.
-# torchvision is imported only to build one: importing it costs a process 1.5-2.5 s (it
-# pulls in torch._dynamo), paid by each Ray Train worker of every trial.
+# torchvision is imported only to build one: every Ray Train worker of every trial imports
+# this module, and torchvision would cost each 0.3 s more (benchmarks/trial_imports.py).
 TORCHVISION_ARCHS: tuple[str, ...] = tuple(
     arch_name(family, depth)
     for family, depths in MODEL_FAMILIES.items()
