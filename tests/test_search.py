@@ -6,10 +6,12 @@ in the storage, damaged and truncated files, two launches at once, a full disk."
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import shlex
 import shutil
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from sd_tune.pickled import PICKLED_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -107,6 +111,63 @@ def finished_trials(exp_dir: Path, epochs: int) -> int:
     return n
 
 
+def pickled_names(exp: Path) -> set[str]:
+    """Every ``sd_tune.*`` global that the pickles of the experiment at ``exp`` reference:
+    Tune's ``*.pkl`` files and the pickles its JSON state files embed (hex or base64)."""
+    names: set[str] = set()
+    for path in exp.rglob("*"):
+        if path.is_file() and "train_runs" not in path.parts:
+            data = path.read_bytes()
+            if data[:1] == b"\x80":
+                names |= _globals(data)
+            elif path.suffix == ".json":
+                with contextlib.suppress(ValueError):  # result.json is JSON lines: no pickle
+                    _embedded(json.loads(data), names)
+    return {n for n in names if n.split(".")[0] == "sd_tune"}
+
+
+def _embedded(value: object, names: set[str]) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _embedded(v, names)
+    elif isinstance(value, list):
+        for v in value:
+            _embedded(v, names)
+    elif isinstance(value, str) and len(value) > 16:
+        for decode in (bytes.fromhex, base64.b64decode):
+            with contextlib.suppress(ValueError):
+                data = decode(value)
+                if data[:1] == b"\x80":
+                    names |= _globals(data)
+                    return
+        with contextlib.suppress(ValueError):
+            _embedded(json.loads(value), names)
+
+
+def _globals(data: bytes) -> set[str]:
+    """The ``module.name`` references of one pickle, memoised strings included."""
+    names, strings, memo, last = set(), [], {}, None
+    for op, arg, _ in pickletools.genops(data):
+        if "UNICODE" in op.name:
+            strings.append(arg)
+            last = arg
+            continue
+        if op.name == "MEMOIZE":
+            memo[len(memo)] = last
+        elif op.name.endswith("PUT"):
+            memo[arg] = last
+        elif op.name.endswith("GET") and isinstance(memo.get(arg), str):
+            strings.append(memo[arg])
+            last = memo[arg]
+            continue
+        elif op.name == "GLOBAL":
+            names.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            names.add(f"{strings[-2]}.{strings[-1]}")
+        last = None
+    return names
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     """One real search of the 3 smoke trials, finished, and its output: the end-to-end test
@@ -172,6 +233,10 @@ def test_launch_smoke_end_to_end(smoke: tuple[subprocess.CompletedProcess, Path]
     ]
     assert len(sessions) == 3
     assert any(acc.Tags()["images"] for acc in runs.values())
+    # Resume unpickles these: each must be listed where moves keep them resolving.
+    names = pickled_names(exp)
+    assert {"sd_tune.search.Progress", "sd_tune.config.SpaceFile"} <= names, names
+    assert names <= set(PICKLED_NAMES), names - set(PICKLED_NAMES)
 
 
 def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
@@ -503,6 +568,9 @@ def test_sigkill_in_a_configuration_and_in_the_baseline_then_resume_loses_no_see
         assert told[rows[0]["params"]["stochastic_depth.drop_rate"]] == pytest.approx(means)
     assert "smoke: 6 trials (6 completed)" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("against no stochastic depth: ")
+    names = pickled_names(exp)  # the seed-grouping searcher is pickled too
+    assert {"sd_tune.repeats.RepeatSearcher", "sd_tune.repeats.Group"} <= names, names
+    assert names <= set(PICKLED_NAMES), names - set(PICKLED_NAMES)
 
 
 def test_launch_and_report_at_a_uri(tmp_path: Path) -> None:
