@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 PICKLED_NAMES: tuple[str, ...] = (
-    # The space that Progress keeps (sd_tune.config).
+    # The space that Progress keeps, as experiments before issue 28 name it (sd_tune.config).
     "sd_tune.config.DatasetConfig",
     "sd_tune.config.ModelConfig",
     "sd_tune.config.TrainConfig",
@@ -27,7 +27,18 @@ PICKLED_NAMES: tuple[str, ...] = (
     "sd_tune.config.SchedulerConfig",
     "sd_tune.config.SearchConfig",
     "sd_tune.config.SpaceFile",
-    # The run config's callbacks and stopper (sd_tune.search).
+    # ... and where they live since issue 28 (new experiments' pickles name these).
+    "sd_tune.config.settings.DatasetConfig",
+    "sd_tune.config.settings.ModelConfig",
+    "sd_tune.config.settings.TrainConfig",
+    "sd_tune.config.settings.StochasticDepthConfig",
+    "sd_tune.config.settings.ResourcesConfig",
+    "sd_tune.config.settings.TrialConfig",
+    "sd_tune.config.settings.Objective",
+    "sd_tune.config.settings.SchedulerConfig",
+    "sd_tune.config.settings.SearchConfig",
+    "sd_tune.config.settings.SpaceFile",
+    # The run config's callbacks and stopper (sd_tune.search, a module until issue 28).
     "sd_tune.search.Progress",
     "sd_tune.search.TrialRecords",
     "sd_tune.search.ScalarsOnlyTBX",

@@ -21,7 +21,7 @@ from sd_tune.config import (
     trial_count,
 )
 
-SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 SHIPPED = sorted(SPACES.glob("*.yaml"))
 
 
