@@ -38,11 +38,16 @@ PICKLED_NAMES: tuple[str, ...] = (
     "sd_tune.config.settings.SchedulerConfig",
     "sd_tune.config.settings.SearchConfig",
     "sd_tune.config.settings.SpaceFile",
-    # The run config's callbacks and stopper (sd_tune.search, a module until issue 28).
+    # The run config's callbacks and stopper, as experiments before issue 28 name them.
     "sd_tune.search.Progress",
     "sd_tune.search.TrialRecords",
     "sd_tune.search.ScalarsOnlyTBX",
     "sd_tune.search.StopWhenStorageFails",
+    # ... and where they live since issue 28 (new experiments' pickles name these).
+    "sd_tune.search.progress.Progress",
+    "sd_tune.search.records.TrialRecords",
+    "sd_tune.search.tuner.ScalarsOnlyTBX",
+    "sd_tune.search.records.StopWhenStorageFails",
     # The trainable, named by Tune's trial registry (sd_tune.tune_trial since issue 25).
     "sd_tune.search.run_trial_in_tune",
     "sd_tune.tune_trial.run_trial_in_tune",

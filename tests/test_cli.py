@@ -309,7 +309,7 @@ def fake_experiment(folder: Path, trials: int, epochs: int = 2) -> list[dict]:
             for e in range(1, epochs + 1)
         ]
         history[-1]["test_acc"] = 0.6
-        record = search._record(
+        record = search.records._record(
             f"t{i:05d}",
             {"stochastic_depth.drop_rate": i / (10 * trials)},
             search.base_config(spec),
@@ -526,7 +526,7 @@ def test_an_experiment_saved_before_baselines_reports_without_one(
                 "repeat": i % 2,
             }
             history = [{"epoch": e, "val_acc": 0.5, "train_time_s": 1.0} for e in (1, 2)]
-            record = search._record(
+            record = search.records._record(
                 f"t{i}", config, search.base_config(spec), history, "TERMINATED", None
             )
             (folder / search.RECORDS_DIR).mkdir(parents=True, exist_ok=True)
