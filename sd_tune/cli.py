@@ -12,21 +12,16 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shlex
-import signal
 import sys
-import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from sd_tune import experiments, preflight, runs
 from sd_tune import storage as store
 from sd_tune.errors import SdTuneError, UsageError
 from sd_tune.vocab import DISTRIBUTIONS, METHODS, SAMPLE_IMPLS
@@ -122,182 +117,32 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight_data(trial) -> None:
-    """Fail before Ray starts when the data is not there (one message, what to do)."""
-    from sd_tune.data import load_dataset
-
-    try:
-        load_dataset(trial.dataset)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from err
-
-
-def _check_storage(location: str, what: str = "--storage") -> None:
-    """Fail before Ray starts when nothing can be written at ``location``."""
-    if (problem := store.probe_writable(store.root(location), what)) is not None:
-        raise UsageError(problem)
-
-
-@contextlib.contextmanager
-def _locked(folder: str, command: str) -> Iterator[None]:
-    """Hold ``folder``'s lock for this command; another sd-tune in it is a usage error."""
-    try:
-        with store.locked(folder, command):
-            yield
-    except store.LockHeld as err:
-        raise UsageError(f"{folder} {err}") from None
-
-
-def _start_ray(
-    address: str | None,
-    trial,
-    storage: str,
-    *,
-    trials: int = 1,
-    wait_s: float | None = None,
-) -> tuple[int | None, float]:
-    """Start or join Ray; refuse a trial whose workers the cluster can never hold (counting
-    the nodes its autoscaler may add), wait for the nodes the autoscaler is to add when none
-    up can hold a trial, check the GPU nodes' driver, and refuse a ``storage`` that not
-    every node sees. Returns the trials to run at once when the autoscaler's nodes count
-    (None: count the nodes up), and how long a trial waits for room for its workers after a
-    node was lost (``--wait-for-nodes``; by default 1800 s with an autoscaler, which may
-    replace the node, else 120 s) before it fails."""
-    from sd_tune import autoscale, cluster, ray_train
-
-    try:
-        cluster.init_ray(address)
-    except ConnectionError as err:
-        raise UsageError(str(err)) from err
-    _catch_sigterm()  # ray.init makes SIGTERM exit at once; it stops cleanly instead
-    nodes = cluster.node_resources()
-    problem = cluster.resource_problem(trial, nodes)
-    scaler = autoscale.find_autoscaler() if address or os.environ.get("RAY_ADDRESS") else None
-    slots = None
-    if scaler is not None:
-        if scaler.node_types is None:
-            plan = autoscale.blind_plan(trial, nodes, trials) if problem else None
-        else:
-            plan = autoscale.scale_plan(trial, nodes, scaler, trials)
-            if plan.problem:
-                raise UsageError(plan.problem)
-        if plan is not None:
-            if plan.add or plan.wait:
-                print(plan.message, flush=True)
-            slots = plan.concurrent
-            if plan.wait:
-                limit = autoscale.DEFAULT_WAIT_S if wait_s is None else wait_s
-                print(f"waiting up to {limit:.0f} s for them (--wait-for-nodes)", flush=True)
-                problem = autoscale.wait_for_nodes(trial, plan, limit)
-    if problem is None and cluster.gpus_per_worker(trial) > 0:
-        problem = autoscale.gpu_driver_problem()
-    if problem is None:
-        problem = cluster.storage_problem(storage)
-    if problem:
-        raise UsageError(problem)
-    if wait_s is None:
-        wait_s = autoscale.DEFAULT_WAIT_S if scaler is not None else ray_train.PLACEMENT_WAIT_S
-    return slots, wait_s
-
-
 def _storage(args: argparse.Namespace, space: Any) -> str:
     """--storage, else $SD_TUNE_STORAGE (the launcher configs and the RayJob set it to the
     cluster's bucket), else the space file's."""
     return args.storage or os.environ.get("SD_TUNE_STORAGE") or space.storage
 
 
-RUN_FILE = "run.json"  # in a `train` run's folder: its name and settings, for --resume
-
-
-def _run_exists(where: str, local: Path) -> bool:
-    """Whether a `train` run is there (beyond a lock being taken): in its local folder, or at
-    ``where`` when that is a URI."""
-    if local.is_dir() and any(p.name != store.LOCK_FILE for p in local.iterdir()):
-        return True
-    return store.is_uri(where) and _exists(where)
-
-
-def _saved_config(local: Path) -> dict[str, Any] | None:
-    """The settings a `train` run was started with (its run.json; summary.json for a run of an
-    older sd-tune), or None."""
-    for file in (RUN_FILE, "summary.json"):
-        try:
-            config = json.loads((local / file).read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(config, dict):
-            return config
-    return None
-
-
 def _train(args: argparse.Namespace) -> int:
     space, _ = _load(args)
     trial = space.trial
     from sd_tune import cluster, ray_train
-    from sd_tune.config import excerpt
     from sd_tune.train import progress_line
 
     storage = _storage(args, space)
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local = ray_train.run_dir(storage, name)
     where = store.join(store.root(storage), name)
-    _preflight_data(trial)
-    _check_storage(storage)
+    preflight.preflight_data(trial)
+    preflight.check_storage(storage)
     again = f"the same command with --resume (sd-tune train ... --name {name} --resume)"
-    with _locked(str(local), "sd-tune train"):
-        exists = _run_exists(where, local)
-        if exists and not args.resume:
-            raise UsageError(
-                f"a run named {name!r} is in {where} already, and sd-tune never "
-                f"overwrites one; continue it with {again}, or give another "
-                f"--name"
-            )
-        if args.resume:
-            if not exists:
-                raise UsageError(
-                    f"there is no run named {name!r} in {where} to resume; "
-                    "drop --resume to start it"
-                )
-            saved = _saved_config(local)
-            if saved is None:
-                raise UsageError(
-                    f"cannot resume {where}: it has no {RUN_FILE} (a run of an "
-                    "older sd-tune?); start it anew under another --name"
-                )
-            now = trial.flat()
-            old = {
-                f"{s}.{k}": v
-                for s, sec in saved.items()
-                if isinstance(sec, dict)
-                for k, v in sec.items()
-            }
-            changed = sorted(
-                f"{k}: {excerpt(v)} -> {excerpt(now.get(k))}"
-                for k, v in old.items()
-                if now.get(k) != v
-            )
-            if changed:
-                raise UsageError(
-                    f"the run {name!r} was started with other settings ("
-                    + "; ".join(changed[:5])
-                    + (", ..." if len(changed) > 5 else "")
-                    + "); resume it with the --space and --set it was started "
-                    "with, or train these settings under another --name"
-                )
-        else:
-            local.mkdir(parents=True, exist_ok=True)
-            store.replace_file(
-                local / RUN_FILE,
-                json.dumps(
-                    {
-                        "name": name,
-                        "config": trial.to_dict(),
-                        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    },
-                    indent=2,
-                ),
-            )
-        _, placement_wait_s = _start_ray(args.address, trial, storage, wait_s=args.wait_for_nodes)
+    with preflight.locked(str(local), "sd-tune train"):
+        runs.check_run(name, where, local, trial, resume=args.resume, again=again)
+        if not args.resume:
+            runs.start_run(local, name, trial)
+        _, placement_wait_s = preflight.start_ray(
+            args.address, trial, storage, wait_s=args.wait_for_nodes
+        )
         cluster.driver_log()
         epochs = trial.train.epochs
         print(
@@ -330,244 +175,19 @@ def _train(args: argparse.Namespace) -> int:
             return 1
         rows = ray_train.read_metrics(local / "metrics.jsonl")
         last = rows[-1] if rows else {}
-        if _INTERRUPTED or int(last.get("epoch", 0)) < epochs:
-            by = f" by {_INTERRUPTED[0]}" if _INTERRUPTED else ""
+        if preflight.INTERRUPTED or int(last.get("epoch", 0)) < epochs:
+            by = f" by {preflight.INTERRUPTED[0]}" if preflight.INTERRUPTED else ""
             raise UsageError(
                 f"the run stopped{by} after epoch {int(last.get('epoch', 0))} of "
                 f"{epochs}; its metrics and checkpoints are kept: continue it "
                 f"with {again}"
             )
-        summary = {
-            k: last[k]
-            for k in ("val_acc", "test_acc", "train_time_s", "wall_time_s")
-            if isinstance(last.get(k), (int, float))
-        }
-        print(
-            "done: "
-            + ", ".join(
-                f"{k} {v:.4f}" if k.endswith("acc") else f"{k} {v:.1f}" for k, v in summary.items()
-            )
-            + f" ({len(rows)} epoch reports)"
-        )
-        print(f"metrics: {local / 'metrics.jsonl'}\ntensorboard --logdir {local}")
-        store.replace_file(
-            local / "summary.json",
-            json.dumps({"name": name, "config": trial.to_dict(), "final": last}, indent=2),
-        )
-        if store.is_uri(storage):
-            # The run's checkpoints are at the URI already; its metrics and summary join them.
-            try:
-                store.upload(local, where)
-            except (OSError, ValueError) as err:
-                print(f"sd-tune train: could not copy {local} to {where}: {err}", file=sys.stderr)
-                return 1
-            print(f"copied {local} to {where}")
-    return 0
-
-
-def _exists(location: str) -> bool:
-    """Whether something is at ``location``; a location that cannot be read is a usage error."""
-    try:
-        return store.exists(location)
-    except (OSError, ValueError) as err:  # a bad URI, no such bucket, missing credentials
-        raise UsageError(f"cannot read {location}: {err}") from err
-
-
-def _write_report(exp_dir: str, spec: Any, records: list[dict[str, Any]]) -> None:
-    """The report files of an experiment, in its folder; for an experiment at a URI they are
-    written to a local temporary folder first and then replace those at the URI."""
-    from sd_tune import report
-
-    try:
-        if not store.is_uri(exp_dir):
-            report.write_results(exp_dir, spec.name, records, spec.objectives)
-            return
-        with tempfile.TemporaryDirectory(prefix="sd-tune-report-") as tmp:
-            report.write_results(tmp, spec.name, records, spec.objectives, location=exp_dir)
-            # The old TensorBoard entries go, as they do locally, else TensorBoard shows both.
-            store.remove(store.join(exp_dir, report.TENSORBOARD_DIR))
-            store.upload(tmp, exp_dir)
-    except OSError as err:
-        if store.is_disk_full(err):
-            raise store.StorageFull(
-                f"the storage of {exp_dir} is full ({store.free_space(exp_dir)}): the report "
-                f"could not be written, and the previous report files are whole; free some "
-                f"space, then run `sd-tune report {shlex.quote(exp_dir)}`"
-            ) from err
-        raise UsageError(f"cannot write the report in {exp_dir}: {err}") from err
-
-
-def _report_experiment(exp_dir: str, *, after_search: bool = False) -> int:
-    from sd_tune import configurations, report, search, verdict
-    from sd_tune.comparison import baseline_seeds_due, compare
-
-    notes: list[str] = []
-    spec, _ = search.load_spec(exp_dir, notes)
-    records, unreadable = search.collect_records(exp_dir, spec, notes)
-    _write_report(exp_dir, spec, records)
-    entries = configurations.configurations(records, spec.objectives)
-    front = report.pareto_front(entries, spec.objectives)
-    notes += configurations.disagreements(
-        entries, configurations.read_told(exp_dir), spec.objectives
-    )
-    counts = {}
-    for r in records:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(
-        f"{spec.name}: {len(records)} trials ("
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        + ")"
-    )
-    for r in records:
-        if r["status"] in ("failed", "missing", "abandoned"):
-            print(f"  {r['status']} {r['trial_id']}: {r['error']}")
-    print("Pareto front (" + ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives) + "):")
-    print(report.format_pareto_table(front, spec.objectives, list(spec.space)))
-    print(
-        f"summary: {store.join(exp_dir, 'summary.md')}\ntensorboard --logdir {shlex.quote(exp_dir)}"
-    )
-    for note in notes:
-        print(f"note: {note}")
-    for line in unreadable:
-        print(f"  unreadable: {line}")
-    for c in compare(records):  # the last lines: what the baseline comparison supports
-        print(f"against no stochastic depth: {verdict.sentence(c)}")
-    unfinished = [r for r in records if r["status"] in ("running", "pending")]
-    started = sum(r["status"] != "abandoned" for r in records)
-    due = spec.search.trials
-    if spec.search.baseline:
-        due += baseline_seeds_due(records, spec.search.repeats)
-    resume = f"sd-tune resume {shlex.quote(exp_dir)}"
-    text = None
-    if unfinished or started < due:
-        stopped = f"stopped by {_INTERRUPTED[0]}: " if _INTERRUPTED else ""
-        text = (
-            f"{stopped}the search is unfinished ({started} of {due} "
-            f"trials started, {len(unfinished)} unfinished); continue with `{resume}`"
-        )
-    if unreadable:
-        if text:
-            print(text)
-        raise UsageError(
-            f"{len(unreadable)} file(s) of the experiment could not be read (listed "
-            f"above): the report leaves out what they held"
-        )
-    if text and after_search:
-        raise UsageError(text)  # interrupted: not a success
-    if text:
-        print(text)
-    return 0
-
-
-def _search_failed(command: str, exp_dir: str, err: Exception) -> int:
-    """An error stopped the search (not the user's): say so in one line, report what is
-    there, exit 1."""
-    from sd_tune import cluster
-
-    print(
-        f"sd-tune {command}: the search stopped with an error: {err}; every finished trial "
-        f"is kept (Ray's logs: /tmp/ray/session_latest/logs, {cluster.DRIVER_LOG} there); "
-        f"continue with `sd-tune resume {shlex.quote(exp_dir)}`",
-        file=sys.stderr,
-    )
-    with contextlib.suppress(SdTuneError, OSError):
-        _report_experiment(exp_dir)
-    return 1
+        return runs.finish_run(local, where, storage, name, trial, rows)
 
 
 def _launch(args: argparse.Namespace) -> int:
     spec, raw = _load(args)
-    from sd_tune.config import nothing_searched
-
-    if (problem := nothing_searched(spec)) is not None:
-        raise UsageError(f"{spec.source}: {problem}")
-    _preflight_data(spec.trial)
-    from sd_tune import search
-
-    storage = _storage(args, spec)
-    _check_storage(storage)
-    exp_dir = search.experiment_dir(storage, spec.name)
-    with _locked(exp_dir, "sd-tune launch"):
-        if _exists(store.join(exp_dir, search.SPEC_FILE)):
-            raise UsageError(
-                f"experiment {spec.name!r} already exists in {exp_dir}; continue "
-                f"it with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new "
-                "one with --name NEW"
-            )
-        from sd_tune.autoscale import expected_trials
-
-        slots, placement_wait_s = _start_ray(
-            args.address,
-            spec.trial,
-            storage,
-            wait_s=args.wait_for_nodes,
-            trials=expected_trials(spec.total_trials, spec.search.max_concurrent_trials),
-        )
-        args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
-        try:
-            search.run_search(
-                spec,
-                raw,
-                storage,
-                max_failures=args.max_failures,
-                slots=slots,
-                placement_wait_s=placement_wait_s,
-            )
-        except search.SearchFailed as err:
-            return _search_failed("launch", exp_dir, err)
-        return _report_experiment(exp_dir, after_search=True)
-
-
-def _experiment_dir(path: str) -> str:
-    """The experiment at ``path`` (a folder or a URI) as an absolute path or a URI."""
-    from sd_tune.search import SPEC_COPY, SPEC_FILE
-
-    # join with no parts drops a URI's trailing slash
-    exp_dir = store.join(path) if store.is_uri(path) else store.root(path)
-    if not (_exists(store.join(exp_dir, SPEC_FILE)) or _exists(store.join(exp_dir, SPEC_COPY))):
-        raise UsageError(
-            f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "
-            "pass the folder or URI `sd-tune launch` printed, <storage>/<name>"
-        )
-    return exp_dir
-
-
-def _resume(args: argparse.Namespace) -> int:
-    from sd_tune import search, train_runs
-
-    exp_dir = _experiment_dir(args.dir)
-    notes: list[str] = []
-    spec, _ = search.load_spec(exp_dir, notes)
-    _check_storage(exp_dir, "the experiment folder")
-    with _locked(exp_dir, "sd-tune resume"):
-        note = search.check_state(exp_dir)
-        notes += [
-            *([note] if note else []),
-            *search.repair_records(exp_dir, spec),
-            *train_runs.check_train_runs(exp_dir),
-        ]
-        for line in notes:
-            print(f"note: {line}", flush=True)
-        _, placement_wait_s = _start_ray(
-            args.address, spec.trial, store.parent(exp_dir), wait_s=args.wait_for_nodes
-        )
-        args.on_interrupt = f"; continue with `sd-tune resume {shlex.quote(exp_dir)}`"
-        try:
-            search.resume_search(
-                exp_dir, spec, max_failures=args.max_failures, placement_wait_s=placement_wait_s
-            )
-        except search.SearchFailed as err:
-            return _search_failed("resume", exp_dir, err)
-        return _report_experiment(exp_dir, after_search=True)
-
-
-def _report(args: argparse.Namespace) -> int:
-    exp_dir = _experiment_dir(args.dir)
-    args.on_interrupt = (
-        f"; the report files are whole (each is replaced in one step): run "
-        f"`sd-tune report {shlex.quote(exp_dir)}` again"
-    )
-    return _report_experiment(exp_dir)
+    return experiments.launch(args, spec, raw, _storage(args, spec))
 
 
 JOB_ARGS = "SD_TUNE_JOB_ARGS"  # more arguments, as a JSON list (launch/submit.sh's jobs)
@@ -591,25 +211,6 @@ def _job_args() -> list[str]:
             f"it), but got {excerpt(text)}"
         )
     return args
-
-
-_INTERRUPTED: list[str] = []  # the signals that asked this process to stop
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (``ray job stop``, a scheduler) stops like Ctrl-C: Tune and Train save and
-    stop; elsewhere it raises KeyboardInterrupt."""
-    _INTERRUPTED.append("SIGTERM")
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    else:
-        raise KeyboardInterrupt
-
-
-def _catch_sigterm() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _max_failures(text: str) -> int:
@@ -731,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _experiment_arg(resume)
     _ray_args(resume)
-    resume.set_defaults(func=_resume)
+    resume.set_defaults(func=experiments.resume)
     rep = sub.add_parser(
         "report",
         help="rebuild an experiment's summary files",
@@ -742,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cannot be read is listed, and the exit code is 2.",
     )
     _experiment_arg(rep)
-    rep.set_defaults(func=_report)
+    rep.set_defaults(func=experiments.report)
     val = sub.add_parser(
         "validate",
         help="check a space file without starting anything",
@@ -825,8 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # -h, or a usage error argparse printed in one line
         return done.code if isinstance(done.code, int) else 2
-    _catch_sigterm()
-    _INTERRUPTED.clear()
+    preflight.catch_sigterm()
+    preflight.INTERRUPTED.clear()
     args.on_interrupt = ""
     warnings.showwarning = _show_note
     try:
@@ -835,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sd-tune {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        by = _INTERRUPTED[0] if _INTERRUPTED else "Ctrl-C"
+        by = preflight.INTERRUPTED[0] if preflight.INTERRUPTED else "Ctrl-C"
         print(
             f"sd-tune {args.command}: error: interrupted ({by}){args.on_interrupt}", file=sys.stderr
         )

@@ -97,38 +97,8 @@ def write_results(
             ("summary_md", "summary.md"),
         )
     }
-    obj_json = [{"metric": o.metric, "mode": o.mode} for o in objs]
-
-    def dump(path: Path, data: Any) -> None:
-        replace_file(path, json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
-
     write_csv(paths["trials_csv"], records, objs)
-    dump(paths["trials_json"], {"name": name, "objectives": obj_json, "trials": records})
-    dump(
-        paths["pareto_json"],
-        {
-            "name": name,
-            "objectives": obj_json,
-            "trials": [front_entry(i + 1, rec, objs) for i, rec in enumerate(front)],
-        },
-    )
-    dump(
-        paths["time_to_accuracy_json"],
-        {"metric": "val_acc", "time_key": "train_time_s", "points": tta},
-    )
-    if comparisons:
-        paths["comparison_json"] = exp_dir / COMPARISON_FILE
-        dump(
-            paths["comparison_json"],
-            {
-                "name": name,
-                "about": "stochastic depth minus no stochastic depth (drop rate 0, same seeds) "
-                "for each depth's best configuration; Welch 95% intervals, test_acc's p "
-                "Holm-adjusted across depths",
-                "comparisons": [c.to_dict() for c in comparisons],
-                "sentences": [verdict.sentence(c) for c in comparisons],
-            },
-        )
+    _write_json(paths, exp_dir, name, records, objs, front, tta, comparisons)
     summary = summary_markdown(
         location or exp_dir,
         name,
@@ -176,3 +146,48 @@ def load_records(path: str | Path) -> list[Record]:
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a list of trial records or an object with 'trials'")
     return check_records(records)
+
+
+def _write_json(
+    paths: dict[str, Path],
+    exp_dir: Path,
+    name: str,
+    records: list[dict[str, Any]],
+    objs: list[Any],
+    front: list[dict[str, Any]],
+    tta: list[dict[str, Any]],
+    comparisons: list[Any],
+) -> None:
+    """``trials.json``, ``pareto.json``, ``time_to_accuracy.json`` and, with a baseline,
+    ``comparison.json`` (added to ``paths``), each written in one step."""
+    obj_json = [{"metric": o.metric, "mode": o.mode} for o in objs]
+
+    def dump(path: Path, data: Any) -> None:
+        replace_file(path, json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
+
+    dump(paths["trials_json"], {"name": name, "objectives": obj_json, "trials": records})
+    dump(
+        paths["pareto_json"],
+        {
+            "name": name,
+            "objectives": obj_json,
+            "trials": [front_entry(i + 1, rec, objs) for i, rec in enumerate(front)],
+        },
+    )
+    dump(
+        paths["time_to_accuracy_json"],
+        {"metric": "val_acc", "time_key": "train_time_s", "points": tta},
+    )
+    if comparisons:
+        paths["comparison_json"] = exp_dir / COMPARISON_FILE
+        dump(
+            paths["comparison_json"],
+            {
+                "name": name,
+                "about": "stochastic depth minus no stochastic depth (drop rate 0, same seeds) "
+                "for each depth's best configuration; Welch 95% intervals, test_acc's p "
+                "Holm-adjusted across depths",
+                "comparisons": [c.to_dict() for c in comparisons],
+                "sentences": [verdict.sentence(c) for c in comparisons],
+            },
+        )

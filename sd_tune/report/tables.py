@@ -243,21 +243,7 @@ def summary_markdown(
         lines += [f"{len(records)} trial{'s' if len(records) != 1 else ''}: {by_status}.", ""]
     lines += [f"Objectives: {directions}.", ""]
 
-    lines += [f"## Best by {objectives[0].metric}", ""]
-    if front:
-        best = front[0]
-        values = ", ".join(
-            f"{m} {format_value(_mean_cell(best, m))}"
-            for m in dict.fromkeys([*(o.metric for o in objectives), "test_acc"])
-            if number(record_final(best).get(m)) is not None
-        )
-        params = ", ".join(f"{k}={format_value(v)}" for k, v in record_params(best).items())
-        what = f"Trial `{best['trial_id']}`"
-        if "config_id" in best:
-            what = f"Configuration `{best['trial_id']}` (mean ± 95% CI of n = {best['n']} seeds)"
-        lines += [f"{what}: {values}; params: {params or '(none)'}.", ""]
-    else:
-        lines += ["None: no completed trial has every objective metric.", ""]
+    lines += _best_lines(front, objectives)
     lines += verdict.markdown(list(comparisons))
 
     lines += ["## Pareto front (completed trials only)", ""]
@@ -285,28 +271,7 @@ def summary_markdown(
             "",
         ]
 
-    lines += [
-        "## Time to accuracy",
-        "",
-        "Best `val_acc` reachable within each `train_time_s` budget, over every epoch "
-        "report of every trial (stopped-early and failed trials included: their time "
-        "was spent).",
-        "",
-    ]
-    if tta:
-        rows = [[p["time_s"], p["val_acc"], p["trial_id"], p.get("epoch")] for p in tta]
-        lines += [_markdown_table(["train_time_s <=", "val_acc", "trial", "epoch"], rows), ""]
-    else:
-        lines += ["No epoch report has both `val_acc` and `train_time_s`.", ""]
-
-    failed = [r for r in records if r.get("status") == "failed"]
-    if failed:
-        lines += ["## Failed trials", ""]
-        for rec in failed:
-            epoch = record_final(rec).get("epoch")
-            where = f" (last report: epoch {format_value(epoch)})" if epoch is not None else ""
-            lines.append(f"- `{rec['trial_id']}`{where}: {_reason(rec.get('error'))}")
-        lines.append("")
+    lines += _time_to_accuracy_lines(tta) + _failed_lines(records)
 
     lines += [
         "## Files and TensorBoard",
@@ -322,3 +287,55 @@ def summary_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _best_lines(front: Sequence[Record], objectives: Sequence[Objective]) -> list[str]:
+    """The summary's section on the best trial or configuration (the front's first)."""
+    lines = [f"## Best by {objectives[0].metric}", ""]
+    if front:
+        best = front[0]
+        values = ", ".join(
+            f"{m} {format_value(_mean_cell(best, m))}"
+            for m in dict.fromkeys([*(o.metric for o in objectives), "test_acc"])
+            if number(record_final(best).get(m)) is not None
+        )
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in record_params(best).items())
+        what = f"Trial `{best['trial_id']}`"
+        if "config_id" in best:
+            what = f"Configuration `{best['trial_id']}` (mean ± 95% CI of n = {best['n']} seeds)"
+        lines += [f"{what}: {values}; params: {params or '(none)'}.", ""]
+    else:
+        lines += ["None: no completed trial has every objective metric.", ""]
+    return lines
+
+
+def _time_to_accuracy_lines(tta: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The summary's time-to-accuracy section."""
+    lines = [
+        "## Time to accuracy",
+        "",
+        "Best `val_acc` reachable within each `train_time_s` budget, over every epoch "
+        "report of every trial (stopped-early and failed trials included: their time "
+        "was spent).",
+        "",
+    ]
+    if tta:
+        rows = [[p["time_s"], p["val_acc"], p["trial_id"], p.get("epoch")] for p in tta]
+        lines += [_markdown_table(["train_time_s <=", "val_acc", "trial", "epoch"], rows), ""]
+    else:
+        lines += ["No epoch report has both `val_acc` and `train_time_s`.", ""]
+    return lines
+
+
+def _failed_lines(records: Sequence[Record]) -> list[str]:
+    """The summary's section listing the failed trials and why (none: no section)."""
+    lines: list[str] = []
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        lines += ["## Failed trials", ""]
+        for rec in failed:
+            epoch = record_final(rec).get("epoch")
+            where = f" (last report: epoch {format_value(epoch)})" if epoch is not None else ""
+            lines.append(f"- `{rec['trial_id']}`{where}: {_reason(rec.get('error'))}")
+        lines.append("")
+    return lines
