@@ -48,7 +48,9 @@ PICKLED_NAMES: tuple[str, ...] = (
     "sd_tune.search.records.TrialRecords",
     "sd_tune.search.tuner.ScalarsOnlyTBX",
     "sd_tune.search.records.StopWhenStorageFails",
-    # The trainable, named by Tune's trial registry (sd_tune.tune_trial since issue 25).
+    # The trainable (sd_tune.tune_trial since issue 25). No Ray 2.60 experiment's pickles
+    # were found to hold it (resume hands Tuner.restore the trainable again); listed so
+    # that a tuner.pkl that does hold it still loads.
     "sd_tune.search.run_trial_in_tune",
     "sd_tune.tune_trial.run_trial_in_tune",
     # The searcher of seeds per configuration and its groups (searcher-state-*.pkl).
