@@ -3,6 +3,8 @@
 Rank 0 reports metrics and a checkpoint after every epoch; every rank calls ``report`` the
 same number of times. A restarted worker group resumes from the last checkpoint. Tune is
 not imported here: ``sd_tune.search`` runs this trainer inside a Tune function trainable.
+Nor is torch, until a trainer is made or a worker trains: the driver's commands (``launch``,
+``resume``, ``report``) use this module's helpers and never need it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import threading
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.exceptions
 import ray.train
-import ray.train.torch
-import torch
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
@@ -30,7 +30,6 @@ from ray.train import (
     ScalingConfig,
     UserCallback,
 )
-from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from sd_tune.cluster import gpus_per_worker, worker_resources
@@ -38,6 +37,9 @@ from sd_tune.config import TrialConfig, make_trial
 from sd_tune.errors import SdTuneError
 from sd_tune.storage import is_uri
 from sd_tune.storage import root as storage_root  # Ray wants an absolute local path or a URI
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
 
 
 def trial_to_config(trial: TrialConfig, replay_history: bool = False) -> dict[str, Any]:
@@ -71,6 +73,8 @@ def _quiet_train_reports() -> None:
 def worker_node_ids() -> list[str]:
     """The Ray node id of every worker of this run, in rank order (a collective: every
     rank must call it)."""
+    import torch
+
     node = ray.get_runtime_context().get_node_id()
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return [node]
@@ -82,6 +86,9 @@ def worker_node_ids() -> list[str]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: the sd-tune training loop, resumed if Ray has a
     checkpoint (after a worker failure or a Tune restore)."""
+    import ray.train.torch
+    import torch
+
     from sd_tune.train import ddp_kwargs, run_trial, stochastic_depth_from_config
 
     _quiet_train_reports()
@@ -226,6 +233,8 @@ def make_trainer(
     """A ``TorchTrainer`` for one trial; its run ``name`` lets a restore find its checkpoints.
     When its workers cannot be placed (a node was lost), it fails after about
     ``placement_wait_s`` seconds."""
+    from ray.train.torch import TorchTrainer
+
     failures = FailureConfig(
         max_failures=max_failures, controller_failure_limit=placement_retries(placement_wait_s)
     )

@@ -35,8 +35,8 @@ from sd_tune import storage as store
 from sd_tune.comparison import BASELINE_KEY
 from sd_tune.config import SEED_LIMIT
 from sd_tune.configurations import TOLD_FILE
-from sd_tune.data.samplers import seed_from
 from sd_tune.records import number
+from sd_tune.seeds import seed_from
 
 CONFIG_KEY = "config_id"  # no dot: not a trial setting
 REPEAT_KEY = "repeat"

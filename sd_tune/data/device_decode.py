@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sd_tune.data.formats import normalization
-from sd_tune.data.samplers import ShardSampler, rank_sampler, seed_from
+from sd_tune.data.samplers import ShardSampler, rank_sampler
+from sd_tune.seeds import seed_from
 
 DECODERS: tuple[str, ...] = ("auto", "pil", "device")
 

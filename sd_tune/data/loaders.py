@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sd_tune.data.device_decode import DeviceDecodeLoader, pick_decoder
 from sd_tune.data.formats import DatasetInfo, ImageFolderSubset, InMemorySplit, normalization
-from sd_tune.data.samplers import ShardSampler, rank_sampler, seed_from
+from sd_tune.data.samplers import ShardSampler, rank_sampler
 from sd_tune.data.splits import Splits
+from sd_tune.seeds import seed_from
 
 
 class Loader(Protocol):

@@ -3,14 +3,13 @@
 Training shards come from torch's ``DistributedSampler`` (shuffled with ``seed + epoch``, the
 remainder dropped, so every rank gets as many batches); evaluation shards from
 :class:`ShardSampler` (each sample once over all ranks, in order). Seeds derived with
-:func:`seed_from` give each (seed, epoch, rank) its own random stream.
+``sd_tune.seeds.seed_from`` give each (seed, epoch, rank) its own random stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
 
-import numpy as np
 from torch.utils.data import DistributedSampler, Sampler
 
 # Seed stream tags: every seeded choice draws from its own stream of ``split_seed``.
@@ -58,13 +57,3 @@ def rank_sampler(
             drop_last=True,
         )
     return ShardSampler(len(dataset), rank, world_size)
-
-
-def seed_from(*parts: int) -> int:
-    """A non-negative 63-bit seed derived from ``parts`` (numpy's ``SeedSequence``): one
-    independent stream per (seed, epoch, rank).
-
-    >>> seed_from(0, 1, 2) == seed_from(0, 1, 2), seed_from(0, 1, 2) == seed_from(0, 1, 3)
-    (True, False)
-    """
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
