@@ -25,6 +25,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -242,71 +243,118 @@ def test_launch_smoke_end_to_end(smoke: tuple[subprocess.CompletedProcess, Path]
     assert names <= set(PICKLED_NAMES), names - set(PICKLED_NAMES)
 
 
-def _interrupt_then_resume(tmp_path: Path, sig: int) -> None:
-    name = f"resume_{sig}"
-    proc = start(
-        "launch",
-        "--space",
-        "search_spaces/smoke.yaml",
-        "--storage",
-        str(tmp_path),
-        "--name",
-        name,
-        "--set",
-        "search.num_samples=2",
-    )
-    exp = tmp_path / name
+SIGNAL_STAGES = ("SIGINT", "SIGTERM", "SIGKILL", "SIGKILL in the baseline")
+
+
+@dataclass
+class Stage:
+    """One interruption of the shared search: the command's output and exit code, where the
+    experiment was, and the finished seeds' epoch reports at that moment."""
+
+    out: str
+    returncode: int
+    exp: Path
+    before: dict[str, list[tuple[float, ...]]]
+
+
+@dataclass
+class Interrupted:
+    """The shared search after its four interruptions and its last resume."""
+
+    stages: dict[str, Stage]
+    exp: Path  # the moved copy, which the last two resumes continued
+    original: Path
+    original_there_during_copy_resume: bool
+    original_untouched: bool
+    final: subprocess.CompletedProcess[str]
+
+
+def interrupt(
+    proc: subprocess.Popen[str], sig: int, done: Callable[[], bool], exp: Path, what: str
+) -> Stage:
+    """Wait until ``done()``, then send ``sig`` to ``proc`` (SIGKILL: to its whole session,
+    Ray's workers too, as a crashed machine would) and collect what it printed."""
     deadline = time.time() + 300
     try:
-        while finished_trials(exp, epochs=2) < 1:
+        while not done():
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.time() < deadline, "no trial finished in 300 s"
+            assert time.time() < deadline, f"{what} in 300 s"
             time.sleep(1)
+        before = finished_epochs(exp)
         kill_session(proc.pid) if sig == signal.SIGKILL else proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             kill_session(proc.pid)
-    if sig != signal.SIGKILL:  # a clean stop: saved, one line saying how to go on
-        assert proc.returncode == 2, out
-        assert f"continue with `sd-tune resume {exp}`" in out.splitlines()[-1], out
-        for noise in ("Traceback", "Aborted", "*** SIG", "core dumped"):
-            assert noise not in out, out
-    before = {
-        p.parent.name: _epochs(p) for p in exp.glob("trial_*/result.json") if len(_epochs(p)) >= 2
-    }
-    assert before, "a finished trial is needed before the interruption"
-    original = None
-    if sig == signal.SIGKILL:
-        # Resume a copy with the original out of the way (as after a move): it neither reads
-        # from the original nor writes to it, and the original is as it was, byte for byte.
-        original, exp = exp, tmp_path / "moved" / name
-        shutil.copytree(original, exp, symlinks=True)
-        untouched = _files(original)
-        away = original.rename(original.with_name(f"{name}.away"))
-    result = cli("resume", str(exp))
-    if original is not None:
-        assert not original.exists(), (
-            "resuming a copy wrote into the original's folder: "
-            f"{sorted(str(p.relative_to(original)) for p in original.rglob('*'))}"
-        )
-        away.rename(original)
-        assert _files(original) == untouched, "resuming a copy changed the original"
-        assert str(original) not in result.stdout, result.stdout
+    return Stage(out, proc.returncode, exp, before)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
+    """One search (2 configurations x 2 seeds, then the baseline's 2 seeds) stopped four
+    ways, each resumed: SIGINT once a seed has finished, SIGTERM (as `ray job stop` sends)
+    once two have, SIGKILL of the whole session once three have; then a copy of the
+    experiment is resumed with the original out of the way (as after a move) and killed
+    again once a baseline seed has finished, and resumed to the end. The four tests below
+    each check their interruption on it (one search instead of four: issue 25)."""
+    root = tmp_path_factory.mktemp("signals")
+    args = ("--set", "search.num_samples=2", "--set", "search.repeats=2")
+    proc = start("launch", "--space", "search_spaces/smoke.yaml", "--storage", str(root), *args)
+    exp = root / "smoke"
+    stages = {}
+
+    def seeds(n: int) -> Callable[[], bool]:
+        return lambda: finished_trials(exp, epochs=2) >= n
+
+    stages["SIGINT"] = interrupt(proc, signal.SIGINT, seeds(1), exp, "no seed finished")
+    proc = start("resume", str(exp))
+    stages["SIGTERM"] = interrupt(proc, signal.SIGTERM, seeds(2), exp, "no second seed finished")
+    proc = start("resume", str(exp))
+    stages["SIGKILL"] = interrupt(proc, signal.SIGKILL, seeds(3), exp, "no third seed finished")
+    # Resume a copy with the original out of the way (as after a move): it neither reads
+    # from the original nor writes to it, and the original stays as it was, byte for byte.
+    original, exp = exp, root / "moved" / "smoke"
+    shutil.copytree(original, exp, symlinks=True)
+    untouched = _files(original)
+    away = original.rename(original.with_name("smoke.away"))
+    proc = start("resume", str(exp))
+    stages["SIGKILL in the baseline"] = interrupt(
+        proc,
+        signal.SIGKILL,
+        lambda: any(is_baseline_trial(exp, t) for t in finished_epochs(exp)),
+        exp,
+        "no baseline seed finished",
+    )
+    there = original.exists()
+    away.rename(original)
+    final = cli("resume", str(exp))
+    return Interrupted(stages, exp, original, there, _files(original) == untouched, final)
+
+
+def check_stopped_cleanly(stage: Stage) -> None:
+    """SIGINT and SIGTERM: the search saved, exit 2, one line saying how to go on."""
+    assert stage.returncode == 2, stage.out
+    last = stage.out.splitlines()[-1]
+    assert f"continue with `sd-tune resume {stage.exp}`" in last, stage.out
+    for noise in ("Traceback", "Aborted", "*** SIG", "core dumped"):
+        assert noise not in stage.out, stage.out
+
+
+def check_resumed_losing_nothing(done: Interrupted, stage: Stage) -> None:
+    """The last resume finished every seed, and each seed that had finished before ``stage``
+    kept its epochs with the same numbers (training time included: not trained again)."""
+    result, exp = done.final, done.exp
+    assert stage.before, "a finished seed is needed before the interruption"
     assert result.returncode == 0, result.stdout + result.stderr
     assert "View detailed results here" not in result.stdout  # Tune's banner stays off
-    records = json.loads((exp / "trials.json").read_text())
-    records = records["trials"] if isinstance(records, dict) else records
-    assert len(records) == 2, [r["trial_id"] for r in records]
-    assert all(r["status"] == "completed" for r in records), records
-    for trial_dir, epochs in before.items():
-        # The same epochs with the same numbers (training time included: not trained again).
+    records = trials_json(exp)
+    assert len(records) == 6, sorted(records)
+    assert all(r["status"] == "completed" for r in records.values()), records
+    for trial_dir, epochs in stage.before.items():
         assert _epochs(exp / trial_dir / "result.json") == epochs, trial_dir
-    for r in records:
+    for r in records.values():
         assert [h["epoch"] for h in r["history"]] == [1, 2], r["history"]
-    assert sorted(p.stem for p in (exp / "sd_tune" / "trials").glob("*.json")) == sorted(
-        r["trial_id"] for r in records
-    )
+    assert sorted(p.stem for p in (exp / "sd_tune" / "trials").glob("*.json")) == sorted(records)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -324,17 +372,32 @@ def _epochs(result_json: Path) -> list[tuple[float, ...]]:
     return [tuple(row[k] for k in keys) for row in rows]
 
 
-def test_resume_after_sigint(tmp_path: Path) -> None:
-    _interrupt_then_resume(tmp_path, signal.SIGINT)
+def test_resume_after_sigint(interrupted: Interrupted) -> None:
+    stage = interrupted.stages["SIGINT"]
+    check_stopped_cleanly(stage)
+    assert len(stage.before) == 1, stage.before
+    check_resumed_losing_nothing(interrupted, stage)
 
 
-def test_resume_after_sigkill(tmp_path: Path) -> None:
-    _interrupt_then_resume(tmp_path, signal.SIGKILL)
-
-
-def test_resume_after_sigterm(tmp_path: Path) -> None:
+def test_resume_after_sigterm(interrupted: Interrupted) -> None:
     """`ray job stop` sends SIGTERM: the search stops as on Ctrl-C, and resume loses nothing."""
-    _interrupt_then_resume(tmp_path, signal.SIGTERM)
+    stage = interrupted.stages["SIGTERM"]
+    check_stopped_cleanly(stage)
+    assert len(stage.before) == 2, stage.before
+    check_resumed_losing_nothing(interrupted, stage)
+
+
+def test_resume_after_sigkill(interrupted: Interrupted) -> None:
+    """SIGKILL of the whole session, then a resume of a copy with the original moved away."""
+    stage = interrupted.stages["SIGKILL"]
+    assert len(stage.before) == 3, stage.before
+    assert not interrupted.original_there_during_copy_resume, (
+        "resuming a copy wrote into the original's folder"
+    )
+    assert interrupted.original_untouched, "resuming a copy changed the original"
+    for out in (interrupted.stages["SIGKILL in the baseline"].out, interrupted.final.stdout):
+        assert str(interrupted.original) not in out, out
+    check_resumed_losing_nothing(interrupted, stage)
 
 
 def test_failed_trial_is_reported_and_left_out_of_the_front(tmp_path: Path) -> None:
@@ -488,22 +551,6 @@ def test_repeats_and_the_baseline_train_each_configuration_with_its_seeds(
     ), report.stdout
 
 
-def kill_when(proc: subprocess.Popen[str], done: Callable[[], bool], what: str) -> None:
-    """Wait until ``done()``, then SIGKILL ``proc``'s whole session (Ray's workers too) and
-    reap it: a zombie still "holds" the experiment's lock."""
-    deadline = time.time() + 300
-    try:
-        while not done():
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.time() < deadline, f"{what} in 300 s"
-            time.sleep(1)
-        kill_session(proc.pid)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            kill_session(proc.pid)
-
-
 def finished_epochs(exp: Path) -> dict[str, list[tuple[float, ...]]]:
     """Each trial that finished its 2 epochs: its epoch reports."""
     return {
@@ -517,34 +564,22 @@ def is_baseline_trial(exp: Path, trial_dir: str) -> bool:
 
 
 def test_sigkill_in_a_configuration_and_in_the_baseline_then_resume_loses_no_seed(
-    tmp_path: Path,
+    interrupted: Interrupted,
 ) -> None:
     """search.repeats 2 with the baseline, killed (the whole session, Ray's workers too) once
-    the first seed of the first configuration has finished, resumed, and killed again once a
-    baseline seed has finished: the last resume keeps every finished seed as it was (none
-    trained again), ends the baseline phase, and Optuna holds both means and no baseline."""
+    a configuration's seed has finished and again once a baseline seed has: the last resume
+    keeps every finished seed as it was (none trained again), ends the baseline phase, and
+    Optuna holds both means and no baseline."""
     from statistics import fmean
 
     from sd_tune.search import load_spec, make_searcher
 
-    proc = start(
-        "launch", "--space", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
-        "--set", "search.num_samples=2", "--set", "search.repeats=2",
-    )  # fmt: skip
-    exp = tmp_path / "smoke"
-    kill_when(proc, lambda: finished_trials(exp, epochs=2) >= 1, "no seed finished")
-    before = finished_epochs(exp)
-    assert len(before) == 1, before
-    proc = start("resume", str(exp))
-    kill_when(
-        proc,
-        lambda: any(is_baseline_trial(exp, t) for t in finished_epochs(exp)),
-        "no baseline seed finished",
-    )
-    in_baseline = finished_epochs(exp)
+    in_config = interrupted.stages["SIGKILL"].before
+    in_baseline = interrupted.stages["SIGKILL in the baseline"].before
+    exp, result = interrupted.exp, interrupted.final
+    assert not any(is_baseline_trial(exp, t) for t in in_config), in_config
     assert len(in_baseline) == 5, in_baseline  # 4 seeds of 2 configurations, 1 baseline seed
-    assert in_baseline[next(iter(before))] == before[next(iter(before))]
-    result = cli("resume", str(exp))
+    assert all(in_baseline[t] == epochs for t, epochs in in_config.items())
     assert result.returncode == 0, result.stdout + result.stderr
     records = trials_json(exp)
     assert len(records) == 6 and {r["status"] for r in records.values()} == {"completed"}
