@@ -127,17 +127,19 @@ def _train(args: argparse.Namespace) -> int:
     space, _ = _load(args)
     trial = space.trial
     from sd_tune import cluster, ray_train
-    from sd_tune.train import progress_line
 
     storage = _storage(args, space)
     name = args.name or f"train-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local = ray_train.run_dir(storage, name)
     where = store.join(store.root(storage), name)
-    preflight.preflight_data(trial)
     preflight.check_storage(storage)
     again = f"the same command with --resume (sd-tune train ... --name {name} --resume)"
     with preflight.locked(str(local), "sd-tune train"):
+        # The run's own refusals first: they need neither the data nor torch (~4 s).
         runs.check_run(name, where, local, trial, resume=args.resume, again=again)
+        preflight.preflight_data(trial)
+        from sd_tune.train import progress_line
+
         if not args.resume:
             runs.start_run(local, name, trial)
         _, placement_wait_s = preflight.start_ray(
