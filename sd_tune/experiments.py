@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Any
 
-from sd_tune import preflight, runs
+from sd_tune import preflight
 from sd_tune import storage as store
 from sd_tune.errors import SdTuneError, UsageError
 
@@ -131,7 +131,7 @@ def launch(args: argparse.Namespace, spec: Any, raw: dict[str, Any], storage: st
     preflight.check_storage(storage)
     exp_dir = search.experiment_dir(storage, spec.name)
     with preflight.locked(exp_dir, "sd-tune launch"):
-        if runs.exists_at(store.join(exp_dir, search.SPEC_FILE)):
+        if preflight.exists_at(store.join(exp_dir, search.SPEC_FILE)):
             raise UsageError(
                 f"experiment {spec.name!r} already exists in {exp_dir}; continue "
                 f"it with `sd-tune resume {shlex.quote(exp_dir)}`, or start a new "
@@ -168,8 +168,8 @@ def experiment_dir(path: str) -> str:
     # join with no parts drops a URI's trailing slash
     exp_dir = store.join(path) if store.is_uri(path) else store.root(path)
     if not (
-        runs.exists_at(store.join(exp_dir, SPEC_FILE))
-        or runs.exists_at(store.join(exp_dir, SPEC_COPY))
+        preflight.exists_at(store.join(exp_dir, SPEC_FILE))
+        or preflight.exists_at(store.join(exp_dir, SPEC_COPY))
     ):
         raise UsageError(
             f"{exp_dir} is not an sd-tune experiment folder (no {SPEC_FILE}); "

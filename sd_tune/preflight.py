@@ -1,6 +1,7 @@
-"""What a command does before its work and while it runs: the data and storage checks, the
-folder lock, starting or joining Ray (with the checks that refuse what the cluster cannot
-run), and the signals that stop it.
+"""What a command does before its work and while it runs: the data and storage checks
+(whether something is at a location, whether it can be written), the folder lock, starting
+or joining Ray (with the checks that refuse what the cluster cannot run), and the signals
+that stop it.
 
 Imported by the CLI at start: its module level imports no torch and no Ray.
 """
@@ -26,6 +27,14 @@ def preflight_data(trial) -> None:
         load_dataset(trial.dataset)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
+
+
+def exists_at(location: str) -> bool:
+    """Whether something is at ``location``; a location that cannot be read is a usage error."""
+    try:
+        return store.exists(location)
+    except (OSError, ValueError) as err:  # a bad URI, no such bucket, missing credentials
+        raise UsageError(f"cannot read {location}: {err}") from err
 
 
 def check_storage(location: str, what: str = "--storage") -> None:

@@ -16,16 +16,9 @@ from typing import Any
 from sd_tune import storage as store
 from sd_tune.config import TrialConfig, excerpt
 from sd_tune.errors import UsageError
+from sd_tune.preflight import exists_at
 
 RUN_FILE = "run.json"  # in a `train` run's folder: its name and settings, for --resume
-
-
-def exists_at(location: str) -> bool:
-    """Whether something is at ``location``; a location that cannot be read is a usage error."""
-    try:
-        return store.exists(location)
-    except (OSError, ValueError) as err:  # a bad URI, no such bucket, missing credentials
-        raise UsageError(f"cannot read {location}: {err}") from err
 
 
 def run_exists(where: str, local: Path) -> bool:
