@@ -7,9 +7,13 @@ machine noise hits all rows alike, and prints the median seconds and the ratio t
 baseline, measured in the same run:
 
 - the Tune trial actor imports ``sd_tune.tune_trial`` (baseline: ``sd_tune.search``, which
-  defined the trainable before);
+  defined the trainable before); since ``ray_train`` imports torch only when it makes a
+  trainer, the actor pays for torch once it starts its first trial, not at this import;
 - a Train worker imports ``sd_tune.ray_train`` and ``sd_tune.train`` (baseline: the same plus
-  ``torchvision``, which ``sd_tune.models`` imported before).
+  ``torchvision``, which ``sd_tune.models`` imported before);
+- the driver of ``sd-tune report`` and ``resume`` imports ``sd_tune.search`` and
+  ``sd_tune.experiments`` (baseline: the same plus ``ray.train.torch``, which
+  ``sd_tune.ray_train`` and so the search imported before, torch with it).
 
     python benchmarks/trial_imports.py --rounds 5
 """
@@ -26,6 +30,10 @@ ROWS = {
     "train worker": (
         "sd_tune.ray_train,sd_tune.train",
         "sd_tune.ray_train,sd_tune.train,torchvision",
+    ),
+    "driver": (
+        "sd_tune.search,sd_tune.experiments",
+        "sd_tune.search,sd_tune.experiments,ray.train.torch",
     ),
 }
 

@@ -243,9 +243,6 @@ def test_launch_smoke_end_to_end(smoke: tuple[subprocess.CompletedProcess, Path]
     assert names <= set(PICKLED_NAMES), names - set(PICKLED_NAMES)
 
 
-SIGNAL_STAGES = ("SIGINT", "SIGTERM", "SIGKILL", "SIGKILL in the baseline")
-
-
 @dataclass
 class Stage:
     """One interruption of the shared search: the command's output and exit code, where the
